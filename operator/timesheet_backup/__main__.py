@@ -1,0 +1,3 @@
+from timesheet_backup.cli import main
+
+raise SystemExit(main())
