@@ -1,0 +1,53 @@
+# Entry points for developers and CI. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv tools crds lint test test-unit test-integration test-e2e \
+        cluster-up cluster-down demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	# A fresh venv's pip cannot parse some current packages' metadata: upgrade it first.
+	$(PIP) install --quiet --upgrade 'pip>=24'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## create .venv with the pinned (constraints.txt) dependencies
+
+tools: ## build the pinned Go binaries (apiserver, etcd, kubectl, helm, versitygw, ...) into the cache
+	bash tests/cluster/build-tools.sh
+
+crds: $(STAMP) ## regenerate crds/ from the API models
+	$(PY) -m timesheet_backup.api.crds crds
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/mypy
+
+test-unit: $(STAMP) ## pure code, no services
+	$(VENV)/bin/pytest -m unit tests/unit
+
+test-integration: $(STAMP) tools ## the agent against real PostgreSQL and S3 servers
+	$(VENV)/bin/pytest -m integration tests/integration
+
+test-e2e: $(STAMP) tools ## the operator on the local control plane (started if not up)
+	$(VENV)/bin/pytest -m e2e tests/e2e
+
+test: lint test-unit test-integration test-e2e ## all tiers
+
+cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
+	bash tests/cluster/cluster-up.sh
+
+cluster-down: ## stop everything cluster-up started
+	bash tests/cluster/cluster-down.sh
+
+clean: cluster-down
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
