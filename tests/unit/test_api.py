@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from cronsim import CronSim, CronSimError
+
 from timesheet_backup.api import crds, fields, models
 from timesheet_backup.api.validation import (
     CRON_PATTERN,
