@@ -1,0 +1,186 @@
+"""Job manifests for the agent (pure): restricted pod security, Secrets only as env refs.
+
+Every Job the operator creates goes through `agent_job`, so the security defaults live in
+one place: non-root, read-only root filesystem, all capabilities dropped, RuntimeDefault
+seccomp, no service account token, no service links, an emptyDir for /tmp."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from timesheet_backup import constants as c
+from timesheet_backup.api import models
+from timesheet_backup.settings import OperatorConfig
+
+AGENT_UID = 65532
+UPLOADS_MOUNT = "/data/uploads"
+TMP_MOUNT = "/tmp"  # noqa: S108 (an emptyDir inside the pod, not the host's /tmp)
+DEFAULT_DEADLINE_SECONDS = 3600
+DEFAULT_BACKOFF_LIMIT = 1
+MAX_NAME = 63
+
+
+def child_name(parent: str, suffix: str) -> str:
+    """A deterministic DNS-label name `<parent>-<suffix>`, shortened with a hash when the
+    parent is long (Job names become pod labels, limited to 63 characters)."""
+    name = f"{parent}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{parent[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def secret_env(name: str, ref: models.SecretKeyRef | None, optional: bool = False
+               ) -> list[dict[str, Any]]:
+    if ref is None:
+        return []
+    selector: dict[str, Any] = {"name": ref.name, "key": ref.key}
+    if optional:
+        selector["optional"] = True
+    return [{"name": name, "valueFrom": {"secretKeyRef": selector}}]
+
+
+def storage_env(storage: models.StorageSpec) -> list[dict[str, Any]]:
+    """S3 credentials from their Secret; none when the pod's cloud identity is used."""
+    creds = storage.credentials_secret_ref
+    if creds is None:
+        return []
+    env = secret_env("AWS_ACCESS_KEY_ID", models.SecretKeyRef(name=creds.name,
+                                                              key=creds.access_key_id_key))
+    env += secret_env("AWS_SECRET_ACCESS_KEY", models.SecretKeyRef(
+        name=creds.name, key=creds.secret_access_key_key))
+    if creds.session_token_key:
+        env += secret_env("AWS_SESSION_TOKEN", models.SecretKeyRef(
+            name=creds.name, key=creds.session_token_key))
+    return env
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+@dataclass
+class PodVolume:
+    """A PVC mounted into the agent container."""
+
+    name: str
+    claim_name: str
+    mount_path: str
+    sub_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass
+class AgentJob:
+    name: str
+    namespace: str
+    owner: Mapping[str, Any]
+    labels: Mapping[str, str]
+    args: Sequence[str]
+    env: Sequence[Mapping[str, Any]] = ()
+    volumes: Sequence[PodVolume] = ()
+    job: models.JobSpec = field(default_factory=models.JobSpec)
+    run_on_node: str | None = None
+    image: str | None = None
+    command: Sequence[str] | None = None
+
+
+def node_affinity(node: str) -> dict[str, Any]:
+    """Pin the pod to one node, the way DaemonSets do (by node name, not a label): a
+    ReadWriteOnce volume already attached there cannot be attached anywhere else."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In",
+                                      "values": [node]}]}
+                ]
+            }
+        }
+    }
+
+
+def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
+    tuning = spec.job
+    labels = {c.LABEL_MANAGED_BY: c.MANAGED_BY, **spec.labels}
+    pod_security = tuning.pod_security_context or {
+        "runAsNonRoot": True,
+        "runAsUser": AGENT_UID,
+        "runAsGroup": AGENT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    for v in spec.volumes:
+        mount: dict[str, Any] = {"name": v.name, "mountPath": v.mount_path,
+                                 "readOnly": v.read_only}
+        if v.sub_path:
+            mount["subPath"] = v.sub_path
+        mounts.append(mount)
+        volumes.append({"name": v.name, "persistentVolumeClaim": {
+            "claimName": v.claim_name, "readOnly": v.read_only}})
+    container: dict[str, Any] = {
+        "name": "agent",
+        "image": spec.image or config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": list(spec.args),
+        "env": [dict(e) for e in spec.env],
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.command is not None:
+        container["command"] = list(spec.command)
+    if tuning.resources:
+        container["resources"] = tuning.resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if tuning.node_selector:
+        pod_spec["nodeSelector"] = dict(tuning.node_selector)
+    if tuning.tolerations:
+        pod_spec["tolerations"] = list(tuning.tolerations)
+    affinity = dict(tuning.affinity or {})
+    if spec.run_on_node:
+        affinity.update(node_affinity(spec.run_on_node))
+    if affinity:
+        pod_spec["affinity"] = affinity
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(spec.owner)],
+        },
+        "spec": {
+            "backoffLimit": (DEFAULT_BACKOFF_LIMIT if tuning.backoff_limit is None
+                             else tuning.backoff_limit),
+            "activeDeadlineSeconds": tuning.active_deadline_seconds or DEFAULT_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,94 @@
+"""Operator configuration: one validated object, read once at startup.
+
+Sources, later ones winning:
+1. the YAML file named by `TSB_CONFIG` (the Helm chart mounts its values there), parsed into
+   `OperatorConfig` with the same strict parser as the custom resources;
+2. a few `TSB_*` environment variables for what differs per deployment.
+
+The `defaults` section fills what a Backup leaves unset, so a minimal Backup is `spec: {}`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import SpecError, field, parse
+
+DEFAULT_IMAGE = "timesheet-backup-operator:dev"
+
+
+@dataclass(kw_only=True)
+class Defaults:
+    """Values for every field a Backup or BackupSchedule template leaves unset."""
+
+    database: models.DatabaseSpec | None = field("Database defaults.", default=None)
+    uploads: models.UploadsSpec | None = field("Uploads defaults.", default=None)
+    storage: models.StorageSpec | None = field("Storage defaults.", default=None)
+    compression: models.CompressionSpec | None = field("Compression defaults.", default=None)
+    encryption: models.EncryptionSpec | None = field("Encryption defaults.", default=None)
+    job: models.JobSpec | None = field("Job tuning defaults.", default=None)
+
+
+@dataclass(kw_only=True)
+class OperatorConfig:
+    """Everything the operator can be told."""
+
+    image: str = field("Image of the agent Jobs (the operator's own image).",
+                       default=DEFAULT_IMAGE)
+    image_pull_policy: str = field("Pull policy of the agent Jobs.", default="IfNotPresent")
+    namespaces: list[str] = field(
+        "Namespaces to watch; empty: all (needs the cluster-wide RBAC).", default_factory=list
+    )
+    defaults: Defaults = field("Defaults for Backups.", default_factory=Defaults)
+    job_ttl_seconds_after_finished: int = field(
+        "Finished Jobs are removed after this long (their outcome is in the CR's status).",
+        default=86400,
+    )
+    retention_interval_seconds: int = field(
+        "How often retention also runs without a completed backup.", default=3600
+    )
+    job_poll_seconds: int = field("How often running Jobs are checked.", default=10)
+    metrics_port: int = field("Port of /metrics; 0 disables it.", default=8080)
+    log_format: str = field("text or json.", default="text")
+
+
+ENV_OVERRIDES = {
+    "TSB_IMAGE": "image",
+    "TSB_IMAGE_PULL_POLICY": "imagePullPolicy",
+    "TSB_LOG_FORMAT": "logFormat",
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Read the configuration; a bad file or value is a startup error naming the field."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = env.get("TSB_CONFIG")
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SpecError(f"{path}: expected a mapping at the top")
+        data.update(loaded)
+    for variable, key in ENV_OVERRIDES.items():
+        if env.get(variable):
+            data[key] = env[variable]
+    if env.get("TSB_NAMESPACES"):
+        data["namespaces"] = [n.strip() for n in env["TSB_NAMESPACES"].split(",") if n.strip()]
+    for variable, key in (("TSB_METRICS_PORT", "metricsPort"),
+                          ("TSB_JOB_POLL_SECONDS", "jobPollSeconds")):
+        if env.get(variable):
+            try:
+                data[key] = int(env[variable])
+            except ValueError as exc:
+                raise SpecError(f"{variable}: expected an integer") from exc
+    config = parse(OperatorConfig, data, path="config")
+    if config.log_format not in ("text", "json"):
+        raise SpecError("config.logFormat: expected text or json")
+    return config
