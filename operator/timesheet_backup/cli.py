@@ -12,8 +12,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesheet-backup", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from timesheet_backup import operator_cli
     from timesheet_backup.agent import cli as agent_cli
 
+    operator_cli.add_parser(commands)
     agent_cli.add_parsers(commands)
     return parser
 

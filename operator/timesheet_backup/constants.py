@@ -18,6 +18,7 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_SCHEDULE: Final = f"{GROUP}/schedule"
 LABEL_BACKUP: Final = f"{GROUP}/backup"
 LABEL_RESTORE: Final = f"{GROUP}/restore"
+LABEL_VERIFICATION: Final = f"{GROUP}/verification"
 
 COMPONENT_DATABASE: Final = "database"
 COMPONENT_UPLOADS: Final = "uploads"

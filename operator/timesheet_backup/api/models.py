@@ -426,6 +426,10 @@ class RestoreDatabaseTarget:
     clean: bool = field("Drop existing objects before restoring them.", default=True)
     no_owner: bool = field("Do not restore ownership.", default=False)
     jobs: int | None = field("Parallel restore jobs.", default=None, minimum=1, maximum=32)
+    drop_after: bool = field(
+        "Drop the database after the SQL checks: a restore test into a scratch database.",
+        default=False,
+    )
 
 
 @dataclass(kw_only=True)
@@ -572,7 +576,8 @@ class Artifact:
     sha256: str = field("SHA-256 of the object as stored.", maxLength=64)
     compression: CompressionAlgorithm = field("Compression.")
     encrypted: bool = field("age-encrypted.")
-    format: DumpFormat | None = field("pg_dump format (database).", default=None)
+    format: str | None = field("pg_dump format (database) or tar (uploads).", default=None,
+                               maxLength=32)
     server_version: str | None = field("PostgreSQL server version (database).", default=None)
     pg_dump_version: str | None = field("pg_dump version (database).", default=None)
     file_count: int | None = field("Files archived (uploads).", default=None)
@@ -589,6 +594,8 @@ class BackupStatus:
                                                maxItems=8, **{"x-kubernetes-list-type": "map",
                                                               "x-kubernetes-list-map-keys":
                                                               ["type"]})
+    database_target: str | None = field(
+        "host:port/database it works on; one Job at a time per target.", default=None)
     message: str | None = field("Why the backup failed, or what it waits for.", default=None,
                                 maxLength=4096)
     start_time: str | None = field("When the Job started.", default=None, **_TIME)
@@ -637,6 +644,8 @@ class BackupScheduleStatus:
     last_backup: str | None = field("Name of the newest Backup.", default=None)
     active: list[ActiveRef] | None = field("Running Backups.", default=None)
     last_verification: VerificationResult | None = field("Last restore test.", default=None)
+    last_verification_schedule_time: str | None = field(
+        "Last time a restore test was started.", default=None, **_TIME)
     message: str | None = field("Detail, e.g. why the schedule is not Ready.", default=None,
                                 maxLength=4096)
 
@@ -680,6 +689,8 @@ class RestoreStatus:
                                                maxItems=8, **{"x-kubernetes-list-type": "map",
                                                               "x-kubernetes-list-map-keys":
                                                               ["type"]})
+    database_target: str | None = field(
+        "host:port/database it works on; one Job at a time per target.", default=None)
     message: str | None = field("Why it failed, or what it waits for.", default=None,
                                 maxLength=4096)
     start_time: str | None = field("Start.", default=None, **_TIME)
@@ -691,4 +702,7 @@ class RestoreStatus:
     quiesced: list[QuiescedDeployment] | None = field(
         "Deployments scaled down, with their original replicas.", default=None
     )
-    verification: list[RestoreStep] | None = field("Results of the checks.", default=None)
+    resolved: Any = field("Source and targets used, after defaults.", default=None)
+    failed_step: str | None = field("The step that failed.", default=None, maxLength=64)
+    failure_reason: str | None = field("Why it failed (CamelCase).", default=None,
+                                       maxLength=128)

@@ -1,1 +1,5 @@
-"""handlers"""
+"""kopf handlers, one module per resource. Importing this package registers them all."""
+
+from timesheet_backup.handlers import backups, restores, schedules, startup
+
+__all__ = ["backups", "restores", "schedules", "startup"]

@@ -1,0 +1,59 @@
+{{- define "tsb.name" -}}timesheet-backup-operator{{- end -}}
+
+{{- define "tsb.fullname" -}}
+{{- if contains (include "tsb.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "tsb.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tsb.labels" -}}
+app.kubernetes.io/name: {{ include "tsb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "tsb.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tsb.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tsb.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tsb.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tsb.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The operator's rules: exactly the calls in operator/timesheet_backup/kube.py and kopf's. */}}
+{{- define "tsb.rules" -}}
+- apiGroups: [backup.northstar.io]
+  resources: [backups, backupschedules, restores]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [backup.northstar.io]
+  resources: [backups/status, backupschedules/status, restores/status]
+  verbs: [get, patch, update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -1,0 +1,211 @@
+"""Backup: resolve defaults, run one agent Job, record what landed in the bucket; on deletion,
+remove the objects when the deletion policy says so."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from timesheet_backup import constants as c
+from timesheet_backup import kube
+from timesheet_backup.agent.errors import AgentError
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import SpecError, dump, parse
+from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.handlers import bucket
+from timesheet_backup.handlers.common import (
+    config,
+    database_target,
+    enter,
+    not_terminal,
+    now,
+    post_event,
+    write,
+)
+from timesheet_backup.jobs import agent_args
+from timesheet_backup.jobs.outcome import job_outcome
+from timesheet_backup.jobs.pod import UPLOADS_MOUNT, AgentJob, PodVolume, agent_job, child_name
+from timesheet_backup.status import human_size, parse_time, timestamp
+from timesheet_backup.storage import layout
+from timesheet_backup.storage import manifest as manifests
+
+POLL_SECONDS = 5.0
+# After the Job completed, how long a manifest that cannot be read is retried before the
+# backup is declared Failed (covers a store that is briefly unreachable from the operator).
+MANIFEST_GRACE_SECONDS = 120
+
+
+def required_secrets(spec: models.BackupSpec) -> list[tuple[str, str]]:
+    """(secret, key) pairs the Job will read, checked up front for a clear message."""
+    refs: list[tuple[str, str]] = []
+    if "database" in spec.components and spec.database and spec.database.password_secret_ref:
+        ref = spec.database.password_secret_ref
+        refs.append((ref.name, ref.key))
+    if spec.storage and spec.storage.credentials_secret_ref:
+        creds = spec.storage.credentials_secret_ref
+        refs += [(creds.name, creds.access_key_id_key), (creds.name, creds.secret_access_key_key)]
+        if creds.session_token_key:
+            refs.append((creds.name, creds.session_token_key))
+    return refs
+
+
+def missing_secrets(namespace: str, spec: models.BackupSpec) -> list[str]:
+    problems = []
+    for name, key in required_secrets(spec):
+        try:
+            kube.read_secret_key(namespace, name, key)
+        except LookupError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def running_restore(namespace: str, target: str | None) -> str | None:
+    """The name of a Restore at work on the same database target, if any."""
+    if target is None:
+        return None
+    for restore in kube.list_custom(namespace, c.PLURAL_RESTORE):
+        st = restore.get("status") or {}
+        if st.get("phase") in ("Running",) and st.get("databaseTarget") == target:
+            return str(restore["metadata"]["name"])
+    return None
+
+
+def manifest_key_of(body: Mapping[str, Any], spec: models.BackupSpec) -> str:
+    meta = body["metadata"]
+    prefix = spec.storage.prefix if spec.storage else None
+    return layout.manifest_key(prefix or "", meta["namespace"], meta["name"])
+
+
+def backup_job(body: Mapping[str, Any], spec: models.BackupSpec,
+               run_on_node: str | None) -> dict[str, Any]:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    volumes = []
+    if "uploads" in spec.components and spec.uploads and spec.uploads.claim_name:
+        volumes.append(PodVolume("uploads", spec.uploads.claim_name, UPLOADS_MOUNT,
+                                 spec.uploads.sub_path, read_only=True))
+    job = AgentJob(
+        name=child_name(name, "backup"),
+        namespace=namespace,
+        owner=body,
+        labels={c.LABEL_BACKUP: name},
+        args=agent_args.backup_args(meta["uid"], namespace, name, spec),
+        env=agent_args.backup_env(spec),
+        volumes=volumes,
+        job=spec.job or models.JobSpec(),
+        run_on_node=run_on_node,
+    )
+    return agent_job(job, config())
+
+
+def node_of_claim_user(namespace: str, spec: models.BackupSpec) -> str | None:
+    """The node where a running pod already mounts the uploads claim: a ReadWriteOnce
+    volume can only be attached there, so the backup pod must go there too."""
+    if "uploads" not in spec.components or not spec.uploads or not spec.uploads.claim_name:
+        return None
+    for pod in kube.pods_using_claim(namespace, spec.uploads.claim_name):
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node and phase in ("Running", "Pending"):
+            return str(node)
+    return None
+
+
+def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    try:
+        spec = resolve_backup(body.get("spec"), config().defaults)
+    except (ResolveError, SpecError) as exc:
+        enter(body, patch, "Failed", "InvalidSpec", str(exc), event="Warning")
+        return
+    problems = missing_secrets(namespace, spec)
+    if problems:
+        enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), event="Warning")
+        return
+    target = database_target(dump(spec.database)) if "database" in spec.components else None
+    blocker = running_restore(namespace, target)
+    if blocker:
+        enter(body, patch, "Pending", "WaitingForRestore",
+              f"waiting for Restore {blocker} of the same database to finish")
+        return
+    manifest = backup_job(body, spec, node_of_claim_user(namespace, spec))
+    kube.create_job(manifest)
+    job_name = manifest["metadata"]["name"]
+    enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started",
+          event="Normal", jobName=job_name, startTime=timestamp(now()), backupId=meta["uid"],
+          manifestKey=manifest_key_of(body, spec), components=",".join(spec.components),
+          databaseTarget=target, resolved=dump(spec),
+          schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE))
+
+
+def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
+    st = body.get("status") or {}
+    namespace = body["metadata"]["namespace"]
+    job = kube.get_job(namespace, st["jobName"])
+    pods = kube.job_pods(namespace, st["jobName"]) if job else []
+    outcome = job_outcome(job, pods, now())
+    if outcome.state == "running":
+        return
+    if outcome.state == "failed":
+        enter(body, patch, "Failed", outcome.reason, outcome.message, event="Warning")
+        return
+    spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
+    key = st["manifestKey"]
+    try:
+        if spec.storage is None:
+            raise SpecError("status.resolved.storage is missing")
+        manifest = bucket.read_manifest(bucket.open_store(spec.storage, namespace), key)
+    except (LookupError, AgentError, SpecError) as exc:
+        finished = parse_time(((job or {}).get("status") or {}).get("completionTime"))
+        if finished and (now() - finished).total_seconds() < MANIFEST_GRACE_SECONDS:
+            write(patch, {"message": f"the Job finished; reading the manifest: {exc}"})
+            return
+        enter(body, patch, "Failed", "ManifestUnreadable",
+              f"the agent finished but its manifest cannot be read: {exc}", event="Warning")
+        return
+    summary = manifests.summary(manifest, key)
+    size = human_size(summary["sizeBytes"])
+    where = f"s3://{spec.storage.bucket}/{layout.dir_of_manifest(key)}"
+    enter(body, patch, "Succeeded", "Completed",
+          f"backed up {', '.join(manifest.components)} ({size}) to {where}", event="Normal",
+          size=size, components=",".join(manifest.components), **summary)
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL_BACKUP, interval=POLL_SECONDS, when=not_terminal)
+def reconcile_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    phase = (body.get("status") or {}).get("phase")
+    if phase in (None, "Pending"):
+        start(body, patch)
+    elif phase == "Running":
+        follow(body, patch)
+
+
+@kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL_BACKUP)
+def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    st = body.get("status") or {}
+    namespace = body["metadata"]["namespace"]
+    if st.get("jobName") and kube.job_pods(namespace, st["jobName"]):
+        # An agent still uploading could write a manifest after we deleted the objects.
+        kube.delete_job(namespace, st["jobName"])
+        raise kopf.TemporaryError("waiting for the backup Job's pods to stop", delay=5)
+    if not st.get("resolved") or not st.get("manifestKey"):
+        return  # never started: nothing can be in the bucket
+    spec = parse(models.BackupSpec, st["resolved"], "status.resolved")
+    if spec.deletion_policy == "Retain" or spec.storage is None:
+        post_event(body, "Normal", reason="Retained", message="deletionPolicy Retain: objects kept")
+        return
+    write(patch, {"phase": "Deleting", "message": "deleting the backup's objects"})
+    try:
+        count = bucket.delete_backup_objects(bucket.open_store(spec.storage, namespace),
+                                             st["manifestKey"])
+    except (LookupError, AgentError) as exc:
+        message = f"cannot delete the backup's objects, will retry: {exc}"
+        post_event(body, "Warning", reason="DeleteFailed", message=message)
+        write(patch, {"message": message})
+        raise kopf.TemporaryError(message, delay=30) from exc
+    post_event(body, "Normal", reason="Deleted", message=f"deleted {count} object(s) from the bucket")

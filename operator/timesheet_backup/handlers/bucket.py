@@ -1,0 +1,58 @@
+"""The operator's own access to a bucket: reading manifests, deleting a backup's objects.
+
+Credentials come from the same Secret the Jobs use (read with the operator's RBAC), or from
+the operator pod's cloud identity when the storage names no Secret."""
+
+from __future__ import annotations
+
+from timesheet_backup import kube
+from timesheet_backup.api import models
+from timesheet_backup.storage import manifest as manifests
+from timesheet_backup.storage.layout import dir_of_manifest
+from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store
+
+MANIFEST_LIMIT = 1024 * 1024
+
+
+def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
+    """Raises LookupError for a missing Secret, StorageError for a bad bucket setting."""
+    creds = None
+    ref = storage.credentials_secret_ref
+    if ref is not None:
+        creds = Credentials(
+            access_key_id=kube.read_secret_key(namespace, ref.name, ref.access_key_id_key),
+            secret_access_key=kube.read_secret_key(namespace, ref.name,
+                                                   ref.secret_access_key_key),
+            session_token=(kube.read_secret_key(namespace, ref.name, ref.session_token_key)
+                           if ref.session_token_key else None),
+        )
+    settings = S3Settings(
+        bucket=storage.bucket or "",
+        prefix=storage.prefix or "",
+        region=storage.region,
+        endpoint=storage.endpoint,
+        force_path_style=bool(storage.force_path_style),
+        max_attempts=3,
+    )
+    return S3Store(settings, credentials=creds)
+
+
+def read_manifest(store: S3Store, key: str) -> manifests.Manifest:
+    manifest = manifests.loads(store.read_bytes(key, MANIFEST_LIMIT))
+    manifest.check_keys(key)
+    return manifest
+
+
+def delete_backup_objects(store: S3Store, manifest_key: str) -> int:
+    """Delete every object in the backup's directory. The manifest goes first: it is the
+    commit marker, so an interrupted delete leaves unreferenced leftovers (removed by the
+    retry, which lists the directory) but never a manifest naming missing artifacts.
+    Returns how many objects were deleted."""
+    directory = dir_of_manifest(manifest_key)
+    keys = [o.key for o in store.list_objects(directory)]
+    if manifest_key in keys:
+        store.delete([manifest_key])
+    rest = [k for k in keys if k != manifest_key]
+    if rest:
+        store.delete(rest)
+    return len(keys)

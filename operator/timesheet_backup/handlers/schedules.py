@@ -1,0 +1,251 @@
+"""BackupSchedule: create Backups on cron, prune them by retention, run restore tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from timesheet_backup import constants as c
+from timesheet_backup import kube
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import SpecError, dump, parse
+from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.handlers.common import (
+    config,
+    database_target,
+    now,
+    post_event,
+    write,
+)
+from timesheet_backup.jobs.pod import owner_reference
+from timesheet_backup.schedule import cron, planner, retention
+from timesheet_backup.status import condition, merge_conditions, parse_time, timestamp
+
+TICK_SECONDS = 10.0
+KEEP_VERIFICATIONS = 3
+
+
+def _labels(schedule: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**(extra or {}), c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SCHEDULE: schedule}
+
+
+def backup_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
+                name: str) -> dict[str, Any]:
+    meta = schedule["metadata"]
+    template = spec.template
+    tmeta = template.metadata or models.TemplateMetadata()
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": _labels(meta["name"], tmeta.labels),
+    }
+    if tmeta.annotations:
+        metadata["annotations"] = dict(tmeta.annotations)
+    if spec.backup_owner_reference == "schedule":
+        ref = owner_reference(schedule)
+        ref["controller"] = False
+        metadata["ownerReferences"] = [ref]
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND_BACKUP,
+        "metadata": metadata,
+        "spec": copy.deepcopy((schedule.get("spec") or {}).get("template", {}).get("spec", {})),
+    }
+
+
+def verification_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
+                      verification: models.VerificationSpec, backup: Mapping[str, Any],
+                      run_at_name: str) -> dict[str, Any]:
+    meta = schedule["metadata"]
+    resolved_db = ((backup.get("status") or {}).get("resolved") or {}).get("database") or {}
+    scratch = verification.database or f"{resolved_db.get('name', 'timesheet')}_verify"[:63]
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND_RESTORE,
+        "metadata": {
+            "name": run_at_name,
+            "namespace": meta["namespace"],
+            "labels": {**_labels(meta["name"]), c.LABEL_VERIFICATION: "true"},
+            "ownerReferences": [owner_reference(schedule)],
+        },
+        "spec": {
+            "backupName": backup["metadata"]["name"],
+            "components": ["database"],
+            "database": {"name": scratch, "createDatabase": True, "clean": True,
+                         "dropAfter": True},
+            "verify": {"sqlChecks": list(verification.checks)},
+        },
+    }
+
+
+def _time_of(backup: Mapping[str, Any]) -> Any:
+    st = backup.get("status") or {}
+    return (parse_time(st.get("completionTime"))
+            or parse_time(backup["metadata"].get("creationTimestamp")))
+
+
+def _active(backups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [b for b in backups if (b.get("status") or {}).get("phase") not in
+            ("Succeeded", "Failed") and not b["metadata"].get("deletionTimestamp")]
+
+
+def _restore_running(namespace: str, target: str | None) -> str | None:
+    if target is None:
+        return None
+    for restore in kube.list_custom(namespace, c.PLURAL_RESTORE):
+        st = restore.get("status") or {}
+        if st.get("phase") == "Running" and st.get("databaseTarget") == target:
+            return str(restore["metadata"]["name"])
+    return None
+
+
+def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
+                 backups: list[dict[str, Any]], fields: dict[str, Any]) -> str | None:
+    """Create the due Backup, if any; returns a message when a due run was skipped."""
+    meta = body["metadata"]
+    st = body.get("status") or {}
+    clock = now()
+    plan = planner.plan(spec.schedule, spec.time_zone, clock,
+                        parse_time(meta.get("creationTimestamp")) or clock,
+                        parse_time(st.get("lastScheduleTime")), spec.starting_deadline_seconds,
+                        spec.run_on_create, spec.suspend)
+    fields["nextScheduleTime"] = timestamp(plan.next_time) if plan.next_time else None
+    if plan.record_time is not None:
+        fields["lastScheduleTime"] = timestamp(plan.record_time)
+    if plan.skipped:
+        return plan.skipped
+    if plan.run_at is None:
+        return None
+    active = _active(backups)
+    if active and spec.concurrency_policy == "Forbid":
+        return f"skipped a run: Backup {active[0]['metadata']['name']} is still running " \
+               "(concurrencyPolicy Forbid)"
+    try:
+        resolved = resolve_backup(dump(spec.template.spec) if spec.template.spec else {},
+                                  config().defaults)
+    except (ResolveError, SpecError) as exc:
+        return f"cannot create a Backup: {exc}"
+    target = database_target(dump(resolved.database)) \
+        if "database" in resolved.components else None
+    blocker = _restore_running(meta["namespace"], target)
+    if blocker:
+        return f"skipped a run: Restore {blocker} of the same database is running"
+    if active and spec.concurrency_policy == "Replace":
+        for b in active:
+            kube.delete_custom(meta["namespace"], c.PLURAL_BACKUP, b["metadata"]["name"])
+    name = planner.backup_name(meta["name"], plan.run_at)
+    if kube.create_custom(meta["namespace"], c.PLURAL_BACKUP, backup_body(body, spec, name)):
+        post_event(body, "Normal", reason="BackupCreated", message=f"created Backup {name}")
+    fields["lastBackup"] = name
+    return None
+
+
+def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
+          backups: list[dict[str, Any]]) -> list[str]:
+    records = [retention.BackupRecord(b["metadata"]["name"],
+                                      (b.get("status") or {}).get("phase"), _time_of(b))
+               for b in backups if not b["metadata"].get("deletionTimestamp")]
+    names = retention.to_prune(records, spec.retention, now(), cron.zone(spec.time_zone))
+    for name in names:
+        kube.delete_custom(body["metadata"]["namespace"], c.PLURAL_BACKUP, name)
+    if names:
+        post_event(body, "Normal", reason="Pruned",
+                  message=f"retention deleted {len(names)} Backup(s): {', '.join(names[:10])}"
+                          + (" ..." if len(names) > 10 else ""))
+    return names
+
+
+def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
+           backups: list[dict[str, Any]], fields: dict[str, Any]) -> None:
+    """Start a restore test when due; record the outcome of the last one."""
+    verification = spec.verification
+    if verification is None:
+        return
+    meta = body["metadata"]
+    st = body.get("status") or {}
+    namespace = meta["namespace"]
+    runs = sorted(kube.list_custom(namespace, c.PLURAL_RESTORE,
+                                   f"{c.LABEL_SCHEDULE}={meta['name']},"
+                                   f"{c.LABEL_VERIFICATION}=true"),
+                  key=lambda r: r["metadata"].get("creationTimestamp") or "")
+    if runs:
+        newest = runs[-1]
+        rst = newest.get("status") or {}
+        last = st.get("lastVerification") or {}
+        if rst.get("phase") in ("Succeeded", "Failed") and \
+                last.get("time") != rst.get("completionTime"):
+            result = {"time": rst.get("completionTime"), "result": rst["phase"],
+                      "message": rst.get("message") or "",
+                      "backupName": (newest.get("spec") or {}).get("backupName")}
+            fields["lastVerification"] = result
+            post_event(body, "Normal" if rst["phase"] == "Succeeded" else "Warning",
+                       f"Verification{rst['phase']}",
+                       f"restore test of {result['backupName']}: {result['message']}")
+        for old in runs[:-KEEP_VERIFICATIONS]:
+            kube.delete_custom(namespace, c.PLURAL_RESTORE, old["metadata"]["name"])
+    clock = now()
+    plan = planner.plan(verification.schedule, spec.time_zone, clock,
+                        parse_time(meta.get("creationTimestamp")) or clock,
+                        parse_time(st.get("lastVerificationScheduleTime")))
+    if plan.record_time is not None:
+        fields["lastVerificationScheduleTime"] = timestamp(plan.record_time)
+    if plan.run_at is None:
+        return
+    if any((r.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for r in runs):
+        return  # one restore test at a time
+    good = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
+            and "database" in ((b.get("status") or {}).get("components") or "").split(",")]
+    if not good:
+        fields["lastVerification"] = {"time": timestamp(clock), "result": "Failed",
+                                      "message": "no successful database backup to verify"}
+        return
+    newest_good = max(good, key=_time_of)
+    name = planner.backup_name(f"{meta['name']}-verify", plan.run_at)
+    kube.create_custom(namespace, c.PLURAL_RESTORE,
+                       verification_body(body, spec, verification, newest_good, name))
+
+
+@kopf.timer(c.GROUP, c.VERSION, c.PLURAL_SCHEDULE, interval=TICK_SECONDS)
+def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    generation = meta.get("generation")
+    st = body.get("status") or {}
+    fields: dict[str, Any] = {"observedGeneration": generation}
+    try:
+        spec = parse(models.BackupScheduleSpec, body.get("spec"))
+        cron.validate(spec.schedule, spec.time_zone)
+        if spec.verification:
+            cron.validate(spec.verification.schedule, spec.time_zone)
+    except (SpecError, cron.CronError) as exc:
+        ready = condition("Ready", "False", "InvalidSchedule", str(exc), now(), generation)
+        if (st.get("message") != str(exc)):
+            post_event(body, "Warning", reason="InvalidSchedule", message=str(exc))
+        write(patch, {**fields, "message": str(exc),
+                      "conditions": merge_conditions(st.get("conditions"), [ready])})
+        return
+    backups = kube.list_custom(meta["namespace"], c.PLURAL_BACKUP,
+                               f"{c.LABEL_SCHEDULE}={meta['name']}")
+    skipped = run_schedule(body, spec, backups, fields)
+    if skipped and skipped != st.get("message"):
+        post_event(body, "Warning", reason="RunSkipped", message=skipped)
+    prune(body, spec, backups)
+    verify(body, spec, backups, fields)
+
+    succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
+    if succeeded:
+        fields["lastSuccessfulTime"] = timestamp(max(_time_of(b) for b in succeeded))
+    fields["active"] = [{"name": b["metadata"]["name"]} for b in _active(backups)] or None
+    if spec.suspend:
+        ready = condition("Ready", "True", "Suspended", "suspended: no new Backups", now(),
+                          generation)
+    else:
+        ready = condition("Ready", "True", "Scheduled",
+                          f"next run {fields.get('nextScheduleTime')}", now(), generation)
+    fields["conditions"] = merge_conditions(st.get("conditions"), [ready])
+    fields["message"] = skipped
+    write(patch, fields)

@@ -1,0 +1,136 @@
+"""The agent's command lines and environment for a resolved spec (pure).
+
+Argument lists only, `--flag=value` for every user-controlled value, so a value that starts
+with `-` can never be read as a flag; Secrets reach the agent only as env references."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import parse
+from timesheet_backup.jobs.pod import TMP_MOUNT, UPLOADS_MOUNT, secret_env, storage_env
+
+TERMINATION_LOG = "/dev/termination-log"
+IDENTITY_ENV = "TSB_AGE_IDENTITY"
+
+
+def storage_args(storage: models.StorageSpec, *, writes: bool) -> list[str]:
+    args = [f"--bucket={storage.bucket}", f"--prefix={storage.prefix or ''}"]
+    if storage.region:
+        args.append(f"--region={storage.region}")
+    if storage.endpoint:
+        args.append(f"--endpoint={storage.endpoint}")
+    if storage.force_path_style:
+        args.append("--force-path-style")
+    if writes:
+        if storage.storage_class:
+            args.append(f"--storage-class={storage.storage_class}")
+        sse = storage.server_side_encryption
+        if sse:
+            args.append(f"--sse={sse.type}")
+            if sse.kms_key_id:
+                args.append(f"--sse-kms-key-id={sse.kms_key_id}")
+    return args
+
+
+def connection_args(db: Mapping[str, Any], name_flag: str) -> list[str]:
+    args = [f"--db-host={db['host']}", f"--db-user={db['user']}", f"{name_flag}={db['name']}"]
+    if db.get("port"):
+        args.append(f"--db-port={db['port']}")
+    if db.get("sslMode"):
+        args.append(f"--db-sslmode={db['sslMode']}")
+    return args
+
+
+def common_args() -> list[str]:
+    return [f"--termination-message-path={TERMINATION_LOG}", f"--work-dir={TMP_MOUNT}"]
+
+
+def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSpec) -> list[str]:
+    args = ["agent", "backup", f"--backup-id={backup_id}", f"--namespace={namespace}",
+            f"--name={name}"]
+    args += [f"--component={c}" for c in spec.components]
+    if "database" in spec.components and spec.database:
+        db = spec.database
+        args += connection_args({"host": db.host, "user": db.user, "name": db.name,
+                                 "port": db.port, "sslMode": db.ssl_mode}, "--db-name")
+        args.append(f"--db-format={db.format}")
+        if db.jobs:
+            args.append(f"--db-jobs={db.jobs}")
+        args += [f"--db-table={t}" for t in db.tables or []]
+        args += [f"--db-exclude-table={t}" for t in db.exclude_tables or []]
+        if db.no_owner:
+            args.append("--db-no-owner")
+    compression = spec.compression or models.CompressionSpec()
+    args.append(f"--compression={compression.algorithm}")
+    if compression.level is not None:
+        args.append(f"--compression-level={compression.level}")
+    if spec.encryption:
+        args += [f"--age-recipient={r}" for r in spec.encryption.age_recipients]
+    if "uploads" in spec.components:
+        args.append(f"--uploads-dir={UPLOADS_MOUNT}")
+        if spec.uploads:
+            args += [f"--uploads-exclude={p}" for p in spec.uploads.exclude or []]
+    if spec.storage:
+        args += storage_args(spec.storage, writes=True)
+    return args + common_args()
+
+
+def backup_env(spec: models.BackupSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if "database" in spec.components and spec.database:
+        env += secret_env("PGPASSWORD", spec.database.password_secret_ref)
+    if spec.storage:
+        env += storage_env(spec.storage)
+    return env
+
+
+def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[str]:
+    """`resolved` is the Restore's status.resolved: source, components and targets."""
+    args = ["agent", "restore", f"--manifest-key={resolved['manifestKey']}"]
+    args += [f"--component={c}" for c in resolved["components"]]
+    db = resolved.get("database")
+    if db:
+        args += connection_args(db, "--target-db-name")
+        if db.get("createDatabase"):
+            args.append("--create-database")
+        if db.get("clean", True):
+            args.append("--clean")
+        if db.get("noOwner"):
+            args.append("--no-owner")
+        if db.get("jobs"):
+            args.append(f"--jobs={db['jobs']}")
+        if db.get("dropAfter"):
+            args.append("--drop-database-after")
+        checks = spec.verify.sql_checks if spec.verify else None
+        args += [f"--check={q}" for q in checks or []]
+    uploads = resolved.get("uploads")
+    if uploads:
+        args += [f"--uploads-dir={UPLOADS_MOUNT}",
+                 f"--uploads-mode={uploads.get('mode') or 'replace'}"]
+    return args + storage_args(restore_storage(resolved), writes=False) + common_args()
+
+
+def restore_storage(resolved: Mapping[str, Any]) -> models.StorageSpec:
+    return parse(models.StorageSpec, resolved.get("storage") or {}, "storage")
+
+
+def restore_env(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    db = resolved.get("database")
+    if db and db.get("passwordSecretRef"):
+        ref = db["passwordSecretRef"]
+        env += secret_env("PGPASSWORD", models.SecretKeyRef(name=ref["name"], key=ref["key"]))
+    env += storage_env(restore_storage(resolved))
+    if spec.decryption:
+        env += secret_env(IDENTITY_ENV, spec.decryption.secret_ref)
+    return env
+
+
+def http_check_args(check: models.HttpCheck) -> list[str]:
+    return ["agent", "http-check", f"--url={check.url}",
+            f"--expected-status={check.expected_status}",
+            f"--timeout={check.timeout_seconds}",
+            f"--termination-message-path={TERMINATION_LOG}"]

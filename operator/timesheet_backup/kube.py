@@ -1,0 +1,174 @@
+"""The few Kubernetes API calls the handlers make, as plain dicts in and out.
+
+kopf watches and patches our own resources; everything else (Jobs, pods, Secrets,
+Deployments, other custom resources) goes through here, so RBAC needs are visible in one
+file and match the chart's Role: see docs/security.md."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, ApiException
+
+from timesheet_backup import constants as c
+
+_api: ApiClient | None = None
+
+
+def configure() -> ApiClient:
+    """In a pod: the ServiceAccount token (the chart's RBAC); elsewhere: the kubeconfig."""
+    global _api
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    _api = ApiClient()
+    return _api
+
+
+def api() -> ApiClient:
+    return _api if _api is not None else configure()
+
+
+def _plain(obj: Any) -> Any:
+    return api().sanitize_for_serialization(obj)
+
+
+def batch() -> Any:
+    return kubernetes.client.BatchV1Api(api())
+
+
+def core() -> Any:
+    return kubernetes.client.CoreV1Api(api())
+
+
+def apps() -> Any:
+    return kubernetes.client.AppsV1Api(api())
+
+
+def custom() -> Any:
+    return kubernetes.client.CustomObjectsApi(api())
+
+
+def not_found(exc: ApiException) -> bool:
+    return exc.status == 404
+
+
+def create_job(manifest: Mapping[str, Any]) -> bool:
+    """Create the Job; False when it already exists (a retry after an operator restart)."""
+    try:
+        batch().create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest))
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(_plain(batch().read_namespaced_job(name, namespace)))
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+
+
+def delete_job(namespace: str, name: str) -> None:
+    try:
+        batch().delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as exc:
+        if not not_found(exc):
+            raise
+
+
+def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    pods = core().list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+    return [dict(p) for p in _plain(pods)["items"]]
+
+
+def pods_using_claim(namespace: str, claim: str) -> list[dict[str, Any]]:
+    pods = _plain(core().list_namespaced_pod(namespace))["items"]
+    result = []
+    for pod in pods:
+        volumes = (pod.get("spec") or {}).get("volumes") or []
+        if any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+               for v in volumes):
+            result.append(dict(pod))
+    return result
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    """A Secret's value; raises LookupError with a message fit for status (never the value)."""
+    try:
+        secret = core().read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if not_found(exc):
+            raise LookupError(f"Secret {namespace}/{name} not found") from exc
+        raise
+    data = secret.data or {}
+    if key not in data:
+        raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+    try:
+        return base64.b64decode(data[key]).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise LookupError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from exc
+
+
+def list_custom(namespace: str, plural: str, label_selector: str | None = None
+                ) -> list[dict[str, Any]]:
+    result = custom().list_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, plural, label_selector=label_selector or "")
+    return list(result.get("items", []))
+
+
+def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(custom().get_namespaced_custom_object(c.GROUP, c.VERSION, namespace,
+                                                          plural, name))
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+
+
+def create_custom(namespace: str, plural: str, body: Mapping[str, Any]) -> bool:
+    try:
+        custom().create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural,
+                                                 dict(body))
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_custom(namespace: str, plural: str, name: str) -> None:
+    try:
+        custom().delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural, name)
+    except ApiException as exc:
+        if not not_found(exc):
+            raise
+
+
+def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(_plain(apps().read_namespaced_deployment(name, namespace)))
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+
+
+def patch_deployment(namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    apps().patch_namespaced_deployment(name, namespace, dict(patch))
+
+
+def pods_matching(namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    return [dict(p) for p in _plain(core().list_namespaced_pod(namespace,
+                                                               label_selector=text))["items"]]
