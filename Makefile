@@ -25,8 +25,10 @@ venv: $(STAMP) ## create .venv with the pinned (constraints.txt) dependencies
 tools: ## build the pinned Go binaries (apiserver, etcd, kubectl, helm, versitygw, ...) into the cache
 	bash tests/cluster/build-tools.sh
 
-crds: $(STAMP) ## regenerate crds/ from the API models
+crds: $(STAMP) ## regenerate crds/, the chart's copy and docs/api.md from the API models
 	$(PY) -m timesheet_backup.api.crds crds
+	$(PY) -m timesheet_backup.api.crds charts/timesheet-backup-operator/crds
+	$(PY) -m timesheet_backup.api.docs docs/api.md
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check operator tests

@@ -26,10 +26,19 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("directory", ["crds", "charts/timesheet-backup-operator/crds"])
 @pytest.mark.parametrize("definition", crds.DEFINITIONS, ids=lambda d: d.kind)
-def test_committed_crds_are_current(definition: crds.CrdDefinition) -> None:
-    committed = (ROOT / "crds" / crds.file_name(definition)).read_text()
-    assert committed == crds.render(definition), "crds/ is stale: run `make crds`"
+def test_committed_crds_are_current(definition: crds.CrdDefinition, directory: str) -> None:
+    """One source of truth: the models. crds/ and the chart's copy must match them."""
+    committed = (ROOT / directory / crds.file_name(definition)).read_text()
+    assert committed == crds.render(definition), f"{directory}/ is stale: run `make crds`"
+
+
+def test_api_reference_is_current() -> None:
+    from timesheet_backup.api import docs
+
+    committed = (ROOT / "docs" / "api.md").read_text()
+    assert committed == docs.render(), "docs/api.md is stale: run `make crds`"
 
 
 def _walk(schema: dict[str, Any], path: str = ""):  # type: ignore[no-untyped-def]
