@@ -46,7 +46,7 @@ test-e2e: $(STAMP) tools ## the operator on the local control plane (started if 
 test: lint test-unit test-integration test-e2e ## all tiers
 
 cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
-	bash tests/cluster/cluster-up.sh
+	TOOLS_BIN=$$(bash tests/cluster/build-tools.sh | tail -1) bash tests/cluster/cluster-up.sh
 
 cluster-down: ## stop everything cluster-up started
 	bash tests/cluster/cluster-down.sh
