@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import socket
+import sys
+from typing import Any, cast
 
 from timesheet_backup import settings
+from timesheet_backup.api.fields import SpecError
 
 
 def add_parser(commands: Any) -> None:
@@ -26,11 +29,18 @@ def run(args: argparse.Namespace) -> int:
 
     import timesheet_backup.handlers  # noqa: F401  (registers the handlers)
 
-    config = settings.load()
+    try:
+        config = settings.load()
+    except (SpecError, OSError) as exc:
+        print(f"error: invalid operator configuration: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = args.namespace or config.namespaces
     kopf.run(
+        # kopf derives its identity from the login name by default, which fails for a uid
+        # without a passwd entry (the image's non-root 65532): name it after the pod.
+        identity=cast(Any, socket.gethostname()),  # kopf's Identity is a NewType of str
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,

@@ -1,0 +1,291 @@
+"""`agent backup`: dump and archive, compress, encrypt, upload, verify, then the manifest.
+
+Order of a backup:
+1. pre-flight: connect to the database (bad host/password fail here, before any upload),
+   check the uploads directory and the bucket, refuse to overwrite another backup;
+2. per component, one streaming multipart upload (custom and plain dumps and the uploads
+   tar never touch the disk; the directory format is dumped to a work directory first);
+3. each object is confirmed from the store's side (size, and SHA-256 or ETag);
+4. `manifest.json` is written last. On any failure the objects of this run are deleted
+   (best effort) and no manifest is written: no manifest, no backup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from timesheet_backup import __version__
+from timesheet_backup.agent import pgtools, postgres, streams, tarstream
+from timesheet_backup.agent.errors import ConfigError, FilesystemError, StorageError
+from timesheet_backup.agent.pgtools import Connection, DumpOptions
+from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.storage import layout
+from timesheet_backup.storage import manifest as mf
+from timesheet_backup.storage.s3 import S3Store
+from timesheet_backup.storage.uploader import UploadResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    backup_id: str
+    namespace: str
+    name: str
+    components: tuple[str, ...] = COMPONENTS
+    database: Connection | None = None
+    dump: DumpOptions = field(default_factory=DumpOptions)
+    compression: str = "zstd"
+    compression_level: int | None = None
+    recipients: tuple[str, ...] = ()
+    uploads_dir: Path | None = None
+    uploads_exclude: tuple[str, ...] = ()
+    work_dir: Path | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.components:
+            raise ConfigError("no component to back up")
+        for component in self.components:
+            if component not in COMPONENTS:
+                raise ConfigError(f"unknown component {component!r} ({', '.join(COMPONENTS)})")
+        if not self.backup_id:
+            raise ConfigError("a backup id is required")
+        layout.backup_dir("", self.namespace, self.name)  # valid names
+        if COMPONENT_DATABASE in self.components:
+            if self.database is None:
+                raise ConfigError("the database component needs --db-host/--db-name/--db-user")
+            self.database.validate()
+            self.dump.validate()
+        if COMPONENT_UPLOADS in self.components and self.uploads_dir is None:
+            raise ConfigError("the uploads component needs --uploads-dir")
+        streams.check_level(self.compression, self.compression_level)
+        streams.parse_recipients(self.recipients)
+
+
+def _stream_to_store(
+    store: S3Store,
+    key: str,
+    request: BackupRequest,
+    produce: Callable[[streams.Sink], T],
+) -> tuple[UploadResult, tuple[str, ...], T]:
+    """Run `produce(sink)` with sink = compress -> [encrypt] -> multipart upload; complete
+    and verify the upload. Any exception aborts the upload."""
+    started = time.monotonic()
+    with store.uploader(key) as uploader:
+        encryptor = (
+            streams.AgeEncryptor(streams.parse_recipients(request.recipients), uploader)
+            if request.recipients
+            else None
+        )
+        compressor = streams.Compressor(
+            request.compression, request.compression_level, encryptor or uploader
+        )
+        try:
+            value = produce(compressor)
+            compressor.close()
+            if encryptor is not None:
+                encryptor.close()
+        except BaseException:
+            if encryptor is not None:
+                encryptor.abort()
+            raise
+        result = uploader.finish()
+    verified = store.verify(result)
+    elapsed = max(time.monotonic() - started, 0.001)
+    log.info(
+        "uploaded s3://%s/%s: %d bytes in %d parts, %.1f MiB/s, verified %s",
+        store.bucket,
+        key,
+        result.size,
+        len(result.parts),
+        result.size / elapsed / 1048576,
+        "+".join(verified),
+    )
+    return result, verified, value
+
+
+def _dump_database(
+    store: S3Store, request: BackupRequest, key: str, server_version: str, dump_version: str
+) -> mf.Artifact:
+    conn = request.database
+    if conn is None:
+        raise ConfigError("no database settings")
+    options = request.dump
+    env = dict(os.environ)
+
+    def stream_dump(sink: streams.Sink) -> None:
+        tool = postgres.Tool(pgtools.pg_dump_args(conn, options), stdout=subprocess.PIPE, env=env)
+        try:
+            streams.copy(tool.stdout, sink)
+        except BaseException:
+            tool.kill()
+            raise
+        tool.check()
+
+    if options.format == "directory":
+        # pg_dump -Fd writes files (in parallel with --jobs): dump first, then stream a tar.
+        with tempfile.TemporaryDirectory(prefix="tsb-dump-", dir=request.work_dir) as tmp:
+            out = Path(tmp) / "dump"
+            log.info("dumping %s with %d jobs into %s", conn.dbname, options.jobs, out)
+            postgres.Tool(pgtools.pg_dump_args(conn, options, str(out)), env=env).check()
+            result, verified, _ = _stream_to_store(
+                store, key, request, lambda sink: tarstream.write_tar(out, sink)
+            )
+    else:
+        log.info(
+            "dumping %s (%s format) to s3://%s/%s", conn.dbname, options.format, store.bucket, key
+        )
+        result, verified, _ = _stream_to_store(store, key, request, stream_dump)
+    return mf.Artifact(
+        component=COMPONENT_DATABASE,
+        key=key,
+        size_bytes=result.size,
+        sha256=result.sha256,
+        format=options.format,
+        compression=request.compression,
+        compression_level=streams.check_level(request.compression, request.compression_level),
+        encryption="age" if request.recipients else "none",
+        recipients=request.recipients,
+        verified=verified,
+        database=conn.dbname,
+        pg_dump_version=dump_version,
+        server_version=server_version,
+        tables=options.tables,
+        exclude_tables=options.exclude_tables,
+        no_owner=options.no_owner,
+    )
+
+
+def _archive_uploads(store: S3Store, request: BackupRequest, key: str) -> mf.Artifact:
+    root = request.uploads_dir
+    if root is None:
+        raise ConfigError("no uploads directory")
+    log.info("archiving %s to s3://%s/%s", root, store.bucket, key)
+    result, verified, stats = _stream_to_store(
+        store, key, request, lambda sink: tarstream.write_tar(root, sink, request.uploads_exclude)
+    )
+    log.info(
+        "archived %d files, %d directories, %d symlinks, %d hard links (%d skipped, %d changed "
+        "while read)",
+        stats.files,
+        stats.directories,
+        stats.symlinks,
+        stats.hardlinks,
+        len(stats.skipped),
+        len(stats.changed),
+    )
+    return mf.Artifact(
+        component=COMPONENT_UPLOADS,
+        key=key,
+        size_bytes=result.size,
+        sha256=result.sha256,
+        format=mf.UPLOADS_FORMAT,
+        compression=request.compression,
+        compression_level=streams.check_level(request.compression, request.compression_level),
+        encryption="age" if request.recipients else "none",
+        recipients=request.recipients,
+        verified=verified,
+        file_count=stats.file_count,
+        exclude=request.uploads_exclude,
+        source_path=os.path.abspath(root),
+    )
+
+
+def _check_existing(store: S3Store, manifest_key: str, backup_id: str) -> mf.Manifest | None:
+    """An earlier run of the same backup (a retried Job) may already have finished."""
+    if not store.exists(manifest_key):
+        return None
+    existing = mf.loads(store.read_bytes(manifest_key, mf.MAX_MANIFEST_BYTES))
+    if existing.backup_id != backup_id:
+        raise StorageError(
+            f"s3://{store.bucket}/{manifest_key} already holds backup {existing.backup_id!r}; "
+            "refusing to overwrite it"
+        )
+    return existing
+
+
+def run_backup(
+    request: BackupRequest, store: S3Store, clock: Callable[[], datetime]
+) -> tuple[mf.Manifest, str]:
+    """Back up the requested components; return the manifest and its key."""
+    request.validate()
+    start = clock()
+    prefix = store.settings.prefix
+    manifest_key = layout.manifest_key(prefix, request.namespace, request.name)
+    directory = layout.backup_dir(prefix, request.namespace, request.name)
+    encrypted = bool(request.recipients)
+
+    server_version = dump_version = ""
+    if COMPONENT_DATABASE in request.components and request.database is not None:
+        server_version = postgres.server_version(request.database)
+        dump_version = postgres.tool_version("pg_dump")
+        log.info(
+            "database %s: server %s, pg_dump %s",
+            request.database.dbname,
+            server_version,
+            dump_version,
+        )
+    if COMPONENT_UPLOADS in request.components and request.uploads_dir is not None:
+        if not request.uploads_dir.is_dir():
+            raise FilesystemError(
+                f"uploads directory {str(request.uploads_dir)!r} does not exist "
+                "(is the volume mounted?)"
+            )
+        if not os.access(request.uploads_dir, os.R_OK | os.X_OK):
+            raise FilesystemError(f"uploads directory {str(request.uploads_dir)!r} is not readable")
+    store.check_bucket()
+    existing = _check_existing(store, manifest_key, request.backup_id)
+    if existing is not None:
+        log.info("backup %s is already complete at %s", request.backup_id, manifest_key)
+        return existing, manifest_key
+
+    artifacts: list[mf.Artifact] = []
+    written: list[str] = []
+    try:
+        if COMPONENT_DATABASE in request.components:
+            key = directory + layout.database_artifact_name(
+                request.dump.format, request.compression, encrypted
+            )
+            written.append(key)
+            artifacts.append(_dump_database(store, request, key, server_version, dump_version))
+        if COMPONENT_UPLOADS in request.components:
+            key = directory + layout.uploads_artifact_name(request.compression, encrypted)
+            written.append(key)
+            artifacts.append(_archive_uploads(store, request, key))
+        manifest = mf.Manifest(
+            backup_id=request.backup_id,
+            namespace=request.namespace,
+            name=request.name,
+            start_time=start,
+            completion_time=clock(),
+            agent_version=__version__,
+            artifacts=tuple(artifacts),
+            labels=dict(request.labels),
+        )
+        written.append(manifest_key)
+        store.write_bytes(manifest_key, mf.dumps(manifest), "application/json")
+    except BaseException:
+        _delete_quietly(store, written)
+        raise
+    log.info("backup %s complete: s3://%s/%s", request.backup_id, store.bucket, manifest_key)
+    return manifest, manifest_key
+
+
+def _delete_quietly(store: S3Store, keys: list[str]) -> None:
+    if not keys:
+        return
+    try:
+        store.delete(keys)
+    except Exception as exc:
+        log.warning("could not delete the partial objects of this backup: %s", exc)

@@ -1,0 +1,187 @@
+"""Talking to PostgreSQL: pre-flight checks, CREATE/DROP DATABASE, SQL checks, and running
+the client tools as subprocesses with their stderr captured (bounded) for error messages."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, cast
+
+import psycopg
+from psycopg import sql
+
+from timesheet_backup.agent import pgtools
+from timesheet_backup.agent.errors import CheckFailed, ConfigError, DatabaseError
+from timesheet_backup.agent.pgtools import Connection
+
+log = logging.getLogger(__name__)
+
+
+def _connect(conn: Connection, autocommit: bool = True) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(pgtools.conninfo(conn), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        detail = " ".join(str(exc).split())
+        hint = pgtools.classify(detail)
+        message = f"cannot connect to database {conn.dbname!r} on {conn.host}:{conn.port}"
+        message += f" as {conn.user!r}: {detail}"
+        raise DatabaseError(f"{message} ({hint})" if hint else message) from None
+
+
+def server_version(conn: Connection) -> str:
+    """Connect once (fails fast on a bad host or password) and return the server version."""
+    with _connect(conn) as c:
+        row = c.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "unknown"
+
+
+def tool_version(tool: str) -> str:
+    try:
+        out = subprocess.run(
+            [tool, "--version"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"{tool} is not available: {exc}") from None
+    return pgtools.parse_version(out)
+
+
+def database_exists(conn: Connection, maintenance_db: str) -> bool:
+    with _connect(conn.with_dbname(maintenance_db)) as c:
+        return (
+            c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (conn.dbname,)).fetchone()
+            is not None
+        )
+
+
+def create_database(conn: Connection, maintenance_db: str) -> None:
+    with _connect(conn.with_dbname(maintenance_db)) as c:
+        try:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname)))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot create database {conn.dbname!r}: {exc}") from None
+    log.info("created database %s", conn.dbname)
+
+
+def drop_database(conn: Connection, maintenance_db: str) -> None:
+    with _connect(conn.with_dbname(maintenance_db)) as c:
+        try:
+            c.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(conn.dbname)
+                )
+            )
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot drop database {conn.dbname!r}: {exc}") from None
+
+
+def is_empty(conn: Connection) -> bool:
+    """No user relations, types or functions outside the system schemas."""
+    query = """
+        SELECT NOT EXISTS (
+          SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+            AND n.nspname NOT LIKE 'pg\\_toast%')
+    """
+    with _connect(conn) as c:
+        row = c.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+def run_checks(conn: Connection, checks: Sequence[str]) -> list[dict[str, Any]]:
+    """Run each query; its first column of the first row must be truthy."""
+    results: list[dict[str, Any]] = []
+    with _connect(conn) as c:
+        for number, query in enumerate(checks, start=1):
+            try:
+                row = c.execute(cast(Any, query)).fetchone()
+            except psycopg.Error as exc:
+                raise CheckFailed(
+                    f"check {number} ({query!r}) failed: {' '.join(str(exc).split())}"
+                ) from None
+            value = row[0] if row else None
+            if not value:
+                raise CheckFailed(
+                    f"check {number} ({query!r}) returned {value!r}, expected a true value"
+                )
+            results.append({"sql": query, "ok": True})
+    return results
+
+
+class Tool:
+    """A running pg tool. stderr is read by a thread into a bounded buffer, so a chatty tool
+    never blocks on a full pipe and a failure can be summarized in one line."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = os.path.basename(args[0])
+        self.stderr_lines: collections.deque[str] = collections.deque(maxlen=50)
+        log.debug("running %s", self.name)
+        try:
+            self.process = subprocess.Popen(
+                list(args),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=dict(env) if env is not None else None,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot run {self.name}: {exc}") from None
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.stderr_lines.append(line)
+            log.debug("%s: %s", self.name, line)
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        if self.process.stdin is None:
+            raise RuntimeError("tool started without a stdin pipe")
+        return self.process.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        if self.process.stdout is None:
+            raise RuntimeError("tool started without a stdout pipe")
+        return self.process.stdout
+
+    def wait(self) -> int:
+        code = self.process.wait()
+        self._reader.join(timeout=10)
+        return code
+
+    def check(self) -> None:
+        """Wait and raise a one-line DatabaseError if the tool failed; kill it if the wait
+        is interrupted (SIGTERM), so no tool outlives the agent."""
+        try:
+            code = self.wait()
+        except BaseException:
+            self.kill()
+            raise
+        if code != 0:
+            raise DatabaseError(pgtools.summarize_stderr(self.name, list(self.stderr_lines)))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self.wait()

@@ -1,0 +1,602 @@
+"""Tar streams of the uploads directory: write one, extract one safely, swap it in.
+
+Writing: PAX format (any file name, nanosecond mtimes), members in sorted order, the root as
+`.`; regular files, directories, symlinks and hard links; sockets, FIFOs and devices are
+skipped with a warning. A file that shrinks while it is read is padded with zeros and
+reported, one that grows is cut at the size first seen (as GNU tar does).
+
+Extracting never writes through a symlink and refuses absolute names, `..` components,
+device nodes and FIFOs, hard links to anything but an earlier regular file, and symlinks
+that resolve outside the target. Everything is extracted into a staging directory inside the
+target (same filesystem, and it works when the target is a volume mount point that cannot
+itself be renamed); only a complete, verified staging directory is swapped in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from timesheet_backup.agent.errors import ArchiveError, FilesystemError
+from timesheet_backup.agent.streams import CHUNK, Sink
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX: Final = ".tsb-restore-"
+OLD_PREFIX: Final = ".tsb-old-"
+# Top-level leftovers of an interrupted restore are never backed up.
+INTERNAL_EXCLUDES: Final = (STAGING_PREFIX + "*", OLD_PREFIX + "*")
+# Kept on extraction: permission bits; for directories also setgid (group inheritance, as
+# on an fsGroup volume) and sticky. setuid/setgid on files are dropped.
+FILE_MODE_MASK: Final = 0o777
+DIR_MODE_MASK: Final = 0o3777
+
+
+@dataclass
+class TarStats:
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def file_count(self) -> int:
+        """Regular files, hard links included (what `find -type f | wc -l` counts)."""
+        return self.files + self.hardlinks
+
+
+# --- pure path rules -------------------------------------------------------------------
+
+
+def is_excluded(relative: str, patterns: Sequence[str]) -> bool:
+    """Whether `relative` (posix, no leading `./`) matches an exclude pattern.
+
+    A pattern without `/` matches the entry's name at any depth (`*.tmp`, `cache`); a
+    pattern with `/` matches the whole relative path from the root (`tmp/*`, `a/b.txt`).
+    A leading `/` or `./` anchors at the root too. An excluded directory is skipped whole.
+    `*` and `?` also match `/` (fnmatch rules).
+    """
+    name = relative.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        anchored = pattern.startswith(("/", "./"))
+        clean = pattern.removeprefix("./").lstrip("/").rstrip("/")
+        if not clean:
+            continue
+        if "/" in clean or anchored:
+            if fnmatch.fnmatchcase(relative, clean):
+                return True
+        elif fnmatch.fnmatchcase(name, clean):
+            return True
+    return False
+
+
+def member_parts(name: str, strip_components: int = 0) -> tuple[str, ...]:
+    """The safe path components of a tar member name, `()` for the root.
+
+    Raises ArchiveError for absolute names, `..` components and NUL bytes."""
+    if "\x00" in name:
+        raise ArchiveError(f"refusing tar member with a NUL byte in its name: {name!r}")
+    if name.startswith("/"):
+        raise ArchiveError(f"refusing tar member with an absolute path: {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"refusing tar member with a '..' component: {name!r}")
+    return tuple(parts[strip_components:]) if strip_components else tuple(parts)
+
+
+def link_target_parts(member: tuple[str, ...], target: str) -> tuple[str, ...]:
+    """Where a symlink at `member` pointing to `target` lands, relative to the root.
+
+    Raises ArchiveError for absolute targets and targets that climb above the root."""
+    if not target:
+        raise ArchiveError(f"refusing symlink {'/'.join(member)!r} with an empty target")
+    if target.startswith("/"):
+        raise ArchiveError(f"refusing symlink {'/'.join(member)!r} -> {target!r}: absolute target")
+    resolved = list(member[:-1])
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                raise ArchiveError(
+                    f"refusing symlink {'/'.join(member)!r} -> {target!r}: escapes the target"
+                )
+            resolved.pop()
+        else:
+            resolved.append(part)
+    return tuple(resolved)
+
+
+def absolute_link_allowed(target: str, roots: Sequence[str]) -> bool:
+    """An absolute symlink target is kept only if it points inside one of `roots` (the
+    directory as it was mounted at backup time, or the restore target)."""
+    if not target.startswith("/") or ".." in target.split("/"):
+        return False
+    normalized = os.path.normpath(target)
+    for root in roots:
+        base = os.path.normpath(root) if root else ""
+        if base and (normalized == base or normalized.startswith(base.rstrip("/") + "/")):
+            return True
+    return False
+
+
+def parse_pax_mtime_ns(info: tarfile.TarInfo) -> int:
+    """Exact nanosecond mtime from the PAX record when present (tarfile rounds to float)."""
+    raw = info.pax_headers.get("mtime")
+    if raw:
+        seconds, _, fraction = raw.partition(".")
+        try:
+            whole = int(seconds)
+            nanos = int((fraction + "000000000")[:9]) if fraction else 0
+        except ValueError:
+            pass
+        else:
+            return whole * 1_000_000_000 + (nanos if whole >= 0 else -nanos)
+    return int(info.mtime * 1_000_000_000)
+
+
+def format_pax_mtime(mtime_ns: int) -> str:
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    return f"{seconds}.{nanos:09d}" if nanos else str(seconds)
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+class _ExactReader:
+    """Reads exactly `size` bytes from `file`: zero-pads if the file shrank meanwhile."""
+
+    def __init__(self, file: IO[bytes], size: int) -> None:
+        self.file = file
+        self.remaining = size
+        self.short = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.remaining:
+            n = self.remaining
+        data = self.file.read(n)
+        while len(data) < n:
+            more = self.file.read(n - len(data))
+            if not more:
+                self.short = True
+                data += b"\0" * (n - len(data))
+                break
+            data += more
+        self.remaining -= n
+        return data
+
+
+def _walk(root: Path, patterns: Sequence[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(relative path, entry) in pre-order (a directory, then everything inside it, then
+    its next sibling; what `tar -c` writes and GNU tar expects to restore directory mtimes),
+    sorted by name, excluded entries and everything below them skipped."""
+
+    def listing(directory: Path) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return iter(())
+        return iter(entries)
+
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", listing(root))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        relative = f"{prefix}{entry.name}"
+        if not prefix and is_excluded(relative, INTERNAL_EXCLUDES):
+            continue
+        if is_excluded(relative, patterns):
+            continue
+        yield relative, entry
+        if entry.is_dir(follow_symlinks=False):
+            stack.append((relative + "/", listing(Path(entry.path))))
+
+
+def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, file: IO[bytes] | None) -> Any:
+    info = tar.gettarinfo(name=None if file else path, arcname=arcname, fileobj=file)
+    if info is None:
+        return None
+    st = os.fstat(file.fileno()) if file else os.lstat(path)
+    info.mtime = st.st_mtime_ns // 1_000_000_000
+    info.pax_headers = {**info.pax_headers, "mtime": format_pax_mtime(st.st_mtime_ns)}
+    info.mode = stat.S_IMODE(st.st_mode)
+    return info
+
+
+def write_tar(root: Path, sink: Sink, exclude: Sequence[str] = ()) -> TarStats:
+    """Write a tar stream of `root` to `sink`."""
+    if not root.is_dir():
+        raise FilesystemError(
+            f"uploads directory {str(root)!r} does not exist or is not a directory"
+        )
+    stats = TarStats()
+    # On an exception the with block does not write the end-of-archive marker: a failed
+    # backup never looks like a complete tar.
+    with tarfile.open(
+        fileobj=cast(Any, sink),
+        mode="w|",
+        format=tarfile.PAX_FORMAT,
+        bufsize=CHUNK,
+        errors="surrogateescape",
+    ) as tar:
+        try:
+            tar.addfile(_tarinfo(tar, str(root), ".", None))
+            for relative, entry in _walk(root, exclude):
+                _add_entry(tar, root, relative, entry, stats)
+        except PermissionError as exc:
+            raise FilesystemError(f"cannot read {exc.filename!r} in the uploads directory") from exc
+    return stats
+
+
+def _add_entry(
+    tar: tarfile.TarFile, root: Path, relative: str, entry: os.DirEntry[str], stats: TarStats
+) -> None:
+    path = entry.path
+    try:
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+            with os.fdopen(fd, "rb", buffering=CHUNK) as file:
+                info = _tarinfo(tar, path, relative, file)
+                if info.type == tarfile.LNKTYPE:
+                    tar.addfile(info)
+                    stats.hardlinks += 1
+                    return
+                reader = _ExactReader(file, info.size)
+                tar.addfile(info, cast(Any, reader))
+                if reader.short or os.fstat(fd).st_size != info.size:
+                    stats.changed.append(relative)
+                    log.warning("file changed while it was read: %s", relative)
+                stats.files += 1
+                stats.bytes += info.size
+        elif stat.S_ISDIR(st.st_mode):
+            tar.addfile(_tarinfo(tar, path, relative, None))
+            stats.directories += 1
+        elif stat.S_ISLNK(st.st_mode):
+            info = _tarinfo(tar, path, relative, None)
+            tar.addfile(info)
+            stats.symlinks += 1
+            try:
+                if not absolute_link_allowed(info.linkname, (str(root),)):
+                    link_target_parts(tuple(relative.split("/")), info.linkname)
+            except ArchiveError:
+                log.warning(
+                    "symlink %s -> %s points outside the uploads directory; a restore will "
+                    "refuse it",
+                    relative,
+                    info.linkname,
+                )
+        else:
+            stats.skipped.append(relative)
+            log.warning("skipping %s: not a regular file, directory or symlink", relative)
+    except FileNotFoundError:
+        stats.skipped.append(relative)
+        log.warning("skipping %s: removed while the backup ran", relative)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symlink between scandir and open
+            stats.skipped.append(relative)
+            log.warning("skipping %s: replaced while the backup ran", relative)
+            return
+        raise
+
+
+# --- extracting ------------------------------------------------------------------------
+
+
+@dataclass
+class _DirAttrs:
+    path: Path
+    mode: int
+    mtime_ns: int
+
+
+@dataclass
+class ExtractResult:
+    stats: TarStats
+    root_mode: int | None
+    root_mtime_ns: int | None
+
+
+class SafeExtractor:
+    """Extracts a tar stream into `staging` (which must exist and be empty)."""
+
+    def __init__(
+        self,
+        staging: Path,
+        strip_components: int = 0,
+        same_owner: bool | None = None,
+        absolute_roots: Sequence[str] = (),
+    ) -> None:
+        self.staging = staging
+        self.strip = strip_components
+        self.absolute_roots = tuple(absolute_roots)
+        # As root, restore numeric owners like GNU tar does; otherwise files are the caller's.
+        self.same_owner = os.geteuid() == 0 if same_owner is None else same_owner
+        self.stats = TarStats()
+        self._dirs: list[_DirAttrs] = []
+        self._root: tuple[int, int] | None = None
+
+    def extract(self, stream: Any) -> ExtractResult:
+        try:
+            tar = tarfile.open(  # noqa: SIM115 - closed by the with block below
+                fileobj=stream, mode="r|", bufsize=CHUNK, errors="surrogateescape"
+            )
+        except tarfile.ReadError as exc:
+            raise ArchiveError(f"not a readable tar stream: {exc}") from None
+        with tar:
+            try:
+                for member in tar:
+                    self._extract_member(tar, member)
+            except tarfile.TarError as exc:
+                raise ArchiveError(f"broken tar stream: {exc}") from None
+        self._check_symlinks()
+        for attrs in sorted(self._dirs, key=lambda d: len(d.path.parts), reverse=True):
+            os.chmod(attrs.path, attrs.mode)
+            os.utime(attrs.path, ns=(attrs.mtime_ns, attrs.mtime_ns))
+        root_mode, root_mtime = self._root if self._root else (None, None)
+        return ExtractResult(self.stats, root_mode, root_mtime)
+
+    def _path(self, parts: tuple[str, ...]) -> Path:
+        return self.staging.joinpath(*parts)
+
+    def _ensure_parents(self, parts: tuple[str, ...], create: bool = True) -> None:
+        """Create missing parents as directories; refuse to pass through anything else."""
+        current = self.staging
+        for part in parts[:-1]:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                if not create:
+                    return
+                os.mkdir(current, 0o700)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise ArchiveError(
+                    f"refusing tar member {'/'.join(parts)!r}: a parent is not a directory "
+                    "(a symlink or file), the member would be written through it"
+                )
+
+    def _clear(self, path: Path, keep_dir: bool) -> None:
+        """Remove what an earlier member left at `path` (tar lets later members win)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = member_parts(member.name, self.strip)
+        if not parts:
+            if not member.isdir():
+                if self.strip:
+                    log.warning("skipping %s: nothing left after stripping", member.name)
+                    return
+                raise ArchiveError(f"refusing tar member {member.name!r}: replaces the root")
+            if len(member_parts(member.name)) == self.strip:
+                self._root = (member.mode & DIR_MODE_MASK, parse_pax_mtime_ns(member))
+            return
+        if member.ischr() or member.isblk():
+            raise ArchiveError(f"refusing device node in the archive: {member.name!r}")
+        if member.isfifo():
+            raise ArchiveError(f"refusing FIFO in the archive: {member.name!r}")
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            raise ArchiveError(f"refusing unsupported tar member type: {member.name!r}")
+        self._ensure_parents(parts)
+        path = self._path(parts)
+        mtime_ns = parse_pax_mtime_ns(member)
+        if member.isdir():
+            self._clear(path, keep_dir=True)
+            if not path.is_dir():
+                os.mkdir(path, 0o700)
+            self._dirs.append(_DirAttrs(path, member.mode & DIR_MODE_MASK, mtime_ns))
+            self._chown(path, member)
+            self.stats.directories += 1
+        elif member.issym():
+            if not member.linkname.startswith("/"):
+                link_target_parts(parts, member.linkname)
+            elif not absolute_link_allowed(member.linkname, self.absolute_roots):
+                raise ArchiveError(
+                    f"refusing symlink {member.name!r} -> {member.linkname!r}: absolute target "
+                    "outside the backed-up directory"
+                )
+            self._clear(path, keep_dir=False)
+            os.symlink(member.linkname, path)
+            self._chown(path, member)
+            os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            self.stats.symlinks += 1
+        elif member.islnk():
+            source_parts = member_parts(member.linkname, self.strip)
+            if not source_parts:
+                raise ArchiveError(f"refusing hard link {member.name!r} to the root")
+            self._ensure_parents(source_parts, create=False)
+            source = self._path(source_parts)
+            st = os.lstat(source) if os.path.lexists(source) else None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                raise ArchiveError(
+                    f"refusing hard link {member.name!r} -> {member.linkname!r}: "
+                    "not an earlier regular file of the archive"
+                )
+            self._clear(path, keep_dir=False)
+            os.link(source, path, follow_symlinks=False)
+            self.stats.hardlinks += 1
+        else:
+            self._clear(path, keep_dir=False)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                data = tar.extractfile(member)
+                if data is not None:
+                    shutil.copyfileobj(data, out, CHUNK)
+            self._chown(path, member)
+            os.chmod(path, member.mode & FILE_MODE_MASK)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+            self.stats.files += 1
+            self.stats.bytes += member.size
+
+    def _chown(self, path: Path, member: tarfile.TarInfo) -> None:
+        if self.same_owner:
+            os.lchown(path, member.uid, member.gid)
+
+    def _check_symlinks(self) -> None:
+        """Final guard: every symlink of the complete tree resolves inside it."""
+        root = os.path.realpath(self.staging)
+        for directory, dirnames, filenames in os.walk(self.staging):
+            for name in dirnames + filenames:
+                path = os.path.join(directory, name)
+                if os.path.islink(path) and not os.readlink(path).startswith("/"):
+                    resolved = os.path.realpath(path)
+                    if resolved != root and not resolved.startswith(root + os.sep):
+                        relative = os.path.relpath(path, self.staging)
+                        raise ArchiveError(
+                            f"refusing symlink {relative!r} -> {os.readlink(path)!r}: "
+                            "it resolves outside the target through other links"
+                        )
+
+
+# --- swapping in -----------------------------------------------------------------------
+
+
+def _entries(directory: Path, skip: Sequence[str] = ()) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name not in skip)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _make_writable(path)
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _make_writable(tree: Path) -> None:
+    """Read-only directories (restored modes) would stop rmtree."""
+    for directory, dirnames, _ in os.walk(tree):
+        for name in dirnames:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | 0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(tree, stat.S_IMODE(os.lstat(tree).st_mode) | 0o700)
+
+
+def replace_with(target: Path, staging: Path, token: str) -> None:
+    """Make `target` hold exactly the entries of `staging`; `staging` is removed.
+
+    Old entries are first moved aside into `<target>/.tsb-old-<token>` (renames), then the
+    new ones renamed in, then the old ones deleted; a failure before the delete moves
+    everything back."""
+    old = target / (OLD_PREFIX + token)
+    discard(old)  # left by an interrupted attempt with the same id: it is being replaced
+    os.mkdir(old, 0o700)
+    moved_old: list[str] = []
+    moved_new: list[str] = []
+    try:
+        for name in _entries(target, (staging.name, old.name)):
+            os.rename(target / name, old / name)
+            moved_old.append(name)
+        for name in _entries(staging):
+            os.rename(staging / name, target / name)
+            moved_new.append(name)
+    except OSError as exc:
+        for name in moved_new:
+            with contextlib.suppress(OSError):
+                os.rename(target / name, staging / name)
+        for name in moved_old:
+            with contextlib.suppress(OSError):
+                os.rename(old / name, target / name)
+        with contextlib.suppress(OSError):
+            os.rmdir(old)
+        raise FilesystemError(
+            f"could not swap the restored files into {str(target)!r}: {exc}"
+        ) from exc
+    os.rmdir(staging)
+    _remove(old)
+
+
+def merge_into(target: Path, staging: Path) -> None:
+    """Move the entries of `staging` into `target`, replacing same-named files and links,
+    merging directories; entries only in `target` stay. `staging` is removed."""
+    _merge_dir(staging, target)
+    _remove(staging)
+
+
+def _merge_dir(source: Path, destination: Path) -> None:
+    for name in _entries(source):
+        src = source / name
+        dst = destination / name
+        src_is_dir = src.is_dir() and not src.is_symlink()
+        try:
+            dst_st: os.stat_result | None = os.lstat(dst)
+        except FileNotFoundError:
+            dst_st = None
+        if dst_st is None:
+            os.rename(src, dst)
+        elif src_is_dir and stat.S_ISDIR(dst_st.st_mode):
+            src_st = os.lstat(src)
+            os.chmod(dst, stat.S_IMODE(dst_st.st_mode) | 0o700)
+            _merge_dir(src, dst)
+            os.chmod(dst, stat.S_IMODE(src_st.st_mode))
+            os.utime(dst, ns=(src_st.st_mtime_ns, src_st.st_mtime_ns))
+        elif stat.S_ISDIR(dst_st.st_mode) or src_is_dir:
+            _remove(dst)
+            os.rename(src, dst)
+        else:
+            os.replace(src, dst)
+
+
+def apply_root_attrs(target: Path, result: ExtractResult) -> None:
+    """Give the target directory the archived root's mode and mtime, where allowed (a volume
+    mount point may belong to another user)."""
+    try:
+        if result.root_mode is not None:
+            os.chmod(target, result.root_mode)
+        if result.root_mtime_ns is not None:
+            os.utime(target, ns=(result.root_mtime_ns, result.root_mtime_ns))
+    except PermissionError:
+        log.warning("could not set the mode/mtime of %s itself (not its owner)", target)
+
+
+def make_staging(target: Path, token: str) -> Path:
+    """Create `<target>/.tsb-restore-<token>`, creating `target` if it does not exist."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or not target.is_dir():
+            raise FilesystemError(f"restore target {str(target)!r} is not a directory")
+        staging = target / (STAGING_PREFIX + token)
+        discard(staging)  # left by an interrupted attempt with the same id
+        os.mkdir(staging, 0o700)
+    except FileExistsError:
+        raise FilesystemError(f"{str(target)!r} exists and is not a directory") from None
+    except PermissionError as exc:
+        raise FilesystemError(
+            f"cannot write into the restore target {str(target)!r}: {exc}"
+        ) from exc
+    return staging
+
+
+def discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _remove(path)

@@ -1,0 +1,367 @@
+"""The backup manifest: versioned JSON, the commit marker of a backup (pure).
+
+An artifact without a manifest is never a backup. The manifest alone is enough to restore
+without the cluster, by the agent or by hand (docs/manual-restore.md).
+
+Parsing is strict: unknown versions, unknown or missing fields and wrong types are refused
+with a message naming the field, because a manifest is read from a bucket that someone else
+may have written to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from timesheet_backup.agent.errors import ManifestError
+from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.storage import layout
+
+API_VERSION: Final = "backup.northstar.io/manifest/v1"
+KIND: Final = "BackupManifest"
+MAX_MANIFEST_BYTES: Final = 1 << 20
+
+COMPRESSIONS: Final = ("zstd", "gzip", "none")
+ENCRYPTIONS: Final = ("age", "none")
+DATABASE_FORMATS: Final = ("custom", "plain", "directory")
+UPLOADS_FORMAT: Final = "tar"
+SOURCES: Final = ("agent", "import")
+# What was confirmed from the store's side after the upload.
+VERIFICATIONS: Final = ("size", "checksum-sha256", "etag-md5")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    component: str
+    key: str
+    size_bytes: int
+    sha256: str
+    format: str
+    compression: str
+    compression_level: int | None = None
+    encryption: str = "none"
+    recipients: tuple[str, ...] = ()
+    verified: tuple[str, ...] = ("size",)
+    # database only
+    database: str | None = None
+    pg_dump_version: str | None = None
+    server_version: str | None = None
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    no_owner: bool = False
+    # uploads only
+    file_count: int | None = None
+    strip_components: int = 0
+    exclude: tuple[str, ...] = ()
+    source_path: str | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption != "none"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    backup_id: str
+    namespace: str
+    name: str
+    start_time: datetime
+    completion_time: datetime
+    agent_version: str
+    artifacts: tuple[Artifact, ...]
+    source: str = "agent"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def artifact(self, component: str) -> Artifact | None:
+        for artifact in self.artifacts:
+            if artifact.component == component:
+                return artifact
+        return None
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(a.component for a in self.artifacts)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(a.size_bytes for a in self.artifacts)
+
+    def check_keys(self, manifest_key: str) -> None:
+        """Refuse a manifest that names objects outside its own directory."""
+        for artifact in self.artifacts:
+            layout.check_artifact_key(manifest_key, artifact.key)
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def format_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("manifest times must be timezone-aware")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "component": artifact.component,
+        "key": artifact.key,
+        "sizeBytes": artifact.size_bytes,
+        "sha256": artifact.sha256,
+        "format": artifact.format,
+        "compression": artifact.compression,
+        "compressionLevel": artifact.compression_level,
+        "encryption": artifact.encryption,
+        "recipients": list(artifact.recipients),
+        "verified": list(artifact.verified),
+    }
+    if artifact.component == COMPONENT_DATABASE:
+        out |= {
+            "database": artifact.database,
+            "pgDumpVersion": artifact.pg_dump_version,
+            "serverVersion": artifact.server_version,
+            "tables": list(artifact.tables),
+            "excludeTables": list(artifact.exclude_tables),
+            "noOwner": artifact.no_owner,
+        }
+    else:
+        out |= {
+            "fileCount": artifact.file_count,
+            "stripComponents": artifact.strip_components,
+            "exclude": list(artifact.exclude),
+            "sourcePath": artifact.source_path,
+        }
+    return out
+
+
+def to_dict(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "backupId": manifest.backup_id,
+        "namespace": manifest.namespace,
+        "name": manifest.name,
+        "source": manifest.source,
+        "startTime": format_time(manifest.start_time),
+        "completionTime": format_time(manifest.completion_time),
+        "agentVersion": manifest.agent_version,
+        "labels": dict(manifest.labels),
+        "artifacts": [artifact_to_dict(a) for a in manifest.artifacts],
+    }
+
+
+def dumps(manifest: Manifest) -> bytes:
+    return (json.dumps(to_dict(manifest), indent=2, sort_keys=False) + "\n").encode()
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed, strict access to one JSON object, naming the path of a bad field."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest: {path or 'the document'} must be an object")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _at(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, required: bool) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if required:
+                raise ManifestError(f"manifest: {self._at(name)} is required")
+            return None
+        return self.data[name]
+
+    def opt_str(self, name: str) -> str | None:
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ManifestError(f"manifest: {self._at(name)} must be a non-empty string")
+        return value
+
+    def req_str(self, name: str, choices: Sequence[str] = ()) -> str:
+        value = self._get(name, True)
+        if not isinstance(value, str) or not value:
+            raise ManifestError(f"manifest: {self._at(name)} must be a non-empty string")
+        if choices and value not in choices:
+            raise ManifestError(
+                f"manifest: {self._at(name)} is {value!r}, expected one of {', '.join(choices)}"
+            )
+        return value
+
+    def opt_int(self, name: str, minimum: int = 0) -> int | None:
+        value = self._get(name, False)
+        if value is None:
+            return None
+        return self._int(name, value, minimum)
+
+    def req_int(self, name: str, minimum: int = 0) -> int:
+        return self._int(name, self._get(name, True), minimum)
+
+    def _int(self, name: str, value: object, minimum: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ManifestError(f"manifest: {self._at(name)} must be an integer >= {minimum}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ManifestError(f"manifest: {self._at(name)} must be true or false")
+        return value
+
+    def strs(self, name: str) -> tuple[str, ...]:
+        value = self._get(name, False)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ManifestError(f"manifest: {self._at(name)} must be a list of strings")
+        return tuple(value)
+
+    def time(self, name: str) -> datetime:
+        raw = self.req_str(name)
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ManifestError(f"manifest: {self._at(name)} is not an ISO 8601 time") from None
+        if value.tzinfo is None:
+            raise ManifestError(f"manifest: {self._at(name)} must carry a time zone")
+        return value.astimezone(UTC)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ManifestError(f"manifest: unknown field {self._at(unknown[0])}")
+
+
+def _parse_artifact(data: object, index: int) -> Artifact:
+    f = _Fields(data, f"artifacts[{index}]")
+    component = f.req_str("component", COMPONENTS)
+    sha = f.req_str("sha256")
+    if not _SHA256.match(sha):
+        raise ManifestError(f"manifest: {f.path}.sha256 must be 64 lowercase hex digits")
+    encryption = f.req_str("encryption", ENCRYPTIONS)
+    recipients = f.strs("recipients")
+    if encryption == "age" and not recipients:
+        raise ManifestError(f"manifest: {f.path}.recipients is empty for an encrypted artifact")
+    verified = f.strs("verified")
+    for item in verified:
+        if item not in VERIFICATIONS:
+            raise ManifestError(f"manifest: {f.path}.verified has unknown entry {item!r}")
+    common: dict[str, Any] = {
+        "component": component,
+        "key": f.req_str("key"),
+        "size_bytes": f.req_int("sizeBytes"),
+        "sha256": sha,
+        "compression": f.req_str("compression", COMPRESSIONS),
+        "compression_level": f.opt_int("compressionLevel", minimum=-131072),
+        "encryption": encryption,
+        "recipients": recipients,
+        "verified": verified,
+    }
+    if component == COMPONENT_DATABASE:
+        artifact = Artifact(
+            **common,
+            format=f.req_str("format", DATABASE_FORMATS),
+            database=f.opt_str("database"),
+            pg_dump_version=f.opt_str("pgDumpVersion"),
+            server_version=f.opt_str("serverVersion"),
+            tables=f.strs("tables"),
+            exclude_tables=f.strs("excludeTables"),
+            no_owner=f.flag("noOwner", False),
+        )
+    else:
+        artifact = Artifact(
+            **common,
+            format=f.req_str("format", (UPLOADS_FORMAT,)),
+            file_count=f.opt_int("fileCount"),
+            strip_components=f.opt_int("stripComponents") or 0,
+            exclude=f.strs("exclude"),
+            source_path=f.opt_str("sourcePath"),
+        )
+    f.done()
+    return artifact
+
+
+def from_dict(data: object) -> Manifest:
+    f = _Fields(data, "")
+    api_version = f._get("apiVersion", True)
+    if api_version != API_VERSION:
+        raise ManifestError(
+            f"manifest: unsupported apiVersion {api_version!r} (this agent reads {API_VERSION})"
+        )
+    f.req_str("kind", (KIND,))
+    raw_artifacts = f._get("artifacts", True)
+    if not isinstance(raw_artifacts, list) or not raw_artifacts:
+        raise ManifestError("manifest: artifacts must be a non-empty list")
+    artifacts = tuple(_parse_artifact(a, i) for i, a in enumerate(raw_artifacts))
+    components = [a.component for a in artifacts]
+    if len(set(components)) != len(components):
+        raise ManifestError("manifest: a component appears twice in artifacts")
+    labels = f._get("labels", False) or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ManifestError("manifest: labels must map strings to strings")
+    manifest = Manifest(
+        backup_id=f.req_str("backupId"),
+        namespace=f.req_str("namespace"),
+        name=f.req_str("name"),
+        source=f.req_str("source", SOURCES),
+        start_time=f.time("startTime"),
+        completion_time=f.time("completionTime"),
+        agent_version=f.req_str("agentVersion"),
+        labels=labels,
+        artifacts=artifacts,
+    )
+    f.done()
+    return manifest
+
+
+def loads(raw: bytes) -> Manifest:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest: not valid JSON ({exc})") from None
+    return from_dict(data)
+
+
+def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
+    """What the operator copies into Backup.status (camelCase, status.artifacts[] shape)."""
+    artifacts = []
+    for a in manifest.artifacts:
+        item: dict[str, Any] = {
+            "component": a.component,
+            "key": a.key,
+            "sizeBytes": a.size_bytes,
+            "sha256": a.sha256,
+            "compression": a.compression,
+            "encrypted": a.encrypted,
+            "format": a.format,
+        }
+        if a.component == COMPONENT_DATABASE:
+            item["serverVersion"] = a.server_version
+        elif a.component == COMPONENT_UPLOADS:
+            item["fileCount"] = a.file_count
+        artifacts.append(item)
+    return {
+        "backupId": manifest.backup_id,
+        "manifestKey": manifest_key,
+        "startTime": format_time(manifest.start_time),
+        "completionTime": format_time(manifest.completion_time),
+        "sizeBytes": manifest.size_bytes,
+        "artifacts": artifacts,
+    }

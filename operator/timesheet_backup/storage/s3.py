@@ -1,0 +1,398 @@
+"""The object store as the agent and the catalog use it: one bucket, one client.
+
+Credentials are never passed in: boto3's default chain reads AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from the environment (a Secret), or the pod's web
+identity (IRSA) when those are absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from timesheet_backup.agent.errors import ConfigError, IntegrityError, StorageError
+from timesheet_backup.storage import checksums, s3errors
+from timesheet_backup.storage.uploader import MultipartUploader, UploadResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+SSE_TYPES: Final = ("AES256", "aws:kms")
+RETRY_MODES: Final = ("standard", "adaptive", "legacy")
+DEFAULT_PART_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_CONCURRENCY: Final = 4
+READ_CHUNK: Final = 1024 * 1024
+# Download interruptions we resume with a Range request instead of failing the restore.
+_STREAM_ERRORS = (
+    ResponseStreamingError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    Urllib3HTTPError,
+    ConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    endpoint: str | None = None
+    force_path_style: bool = False
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_attempts: int = 5
+    retry_mode: str = "standard"
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    checksums: bool = True
+
+    def validate(self) -> None:
+        if not self.bucket:
+            raise ConfigError("a bucket is required (--bucket)")
+        if self.sse is not None and self.sse not in SSE_TYPES:
+            raise ConfigError(f"--sse must be one of {', '.join(SSE_TYPES)}, not {self.sse!r}")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ConfigError("--sse-kms-key-id requires --sse aws:kms")
+        if self.retry_mode not in RETRY_MODES:
+            raise ConfigError(f"--retry-mode must be one of {', '.join(RETRY_MODES)}")
+        if self.max_attempts < 1:
+            raise ConfigError("--max-attempts must be at least 1")
+        if not 5 * 1024 * 1024 <= self.part_size <= 5 * 1024 * 1024 * 1024:
+            raise ConfigError("--part-size must be between 5 MiB and 5 GiB")
+        if not 1 <= self.concurrency <= 64:
+            raise ConfigError("--concurrency must be between 1 and 64")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Explicit keys (the operator reading a Secret). The agent never uses this: it gets
+    its keys from the environment or the pod identity through boto3's default chain."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Credentials(access_key_id={self.access_key_id!r}, secret_access_key=***)"
+
+
+def make_client(settings: S3Settings, credentials: Credentials | None = None) -> S3Client:
+    region = (
+        settings.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or ("us-east-1" if settings.endpoint else None)
+    )
+    config = Config(
+        region_name=region,
+        retries=cast(
+            Any, {"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts}
+        ),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, settings.concurrency + 2),
+        s3={"addressing_style": "path" if settings.force_path_style else "auto"},
+        # We send and check our own checksums (Content-MD5 and SHA-256 per part); botocore's
+        # default CRC trailers are not understood by every S3-compatible store.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    session = (
+        boto3.session.Session(
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            aws_session_token=credentials.session_token,
+        )
+        if credentials is not None
+        else boto3.session.Session()
+    )
+    try:
+        client: S3Client = session.client(
+            "s3", endpoint_url=settings.endpoint or None, config=config
+        )
+    except (BotoCoreError, ValueError) as exc:
+        raise StorageError(f"cannot create an S3 client: {exc}") from exc
+    return client
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime | None
+
+
+class S3Store:
+    def __init__(
+        self,
+        settings: S3Settings,
+        client: S3Client | None = None,
+        *,
+        credentials: Credentials | None = None,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.client = client if client is not None else make_client(settings, credentials)
+
+    def _error(self, exc: BaseException, action: str, key: str | None = None) -> StorageError:
+        return s3errors.describe(exc, action, self.bucket, key)
+
+    def _write_args(self, content_type: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"ContentType": content_type}
+        if self.settings.storage_class:
+            args["StorageClass"] = self.settings.storage_class
+        if self.settings.sse:
+            args["ServerSideEncryption"] = self.settings.sse
+        if self.settings.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.settings.sse_kms_key_id
+        return args
+
+    # --- checks and small objects ------------------------------------------------------
+
+    def check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "access the bucket") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if s3errors.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(exc, "look up", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "look up", key) from exc
+        return True
+
+    def read_bytes(self, key: str, limit: int) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            if response["ContentLength"] > limit:
+                raise StorageError(f"s3://{self.bucket}/{key} is larger than {limit} bytes")
+            return response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "read", key) from exc
+
+    def write_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Put a small object and confirm its size from the store's side."""
+        md5 = checksums.md5_digest(data)
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentMD5=checksums.b64(md5),
+                **self._write_args(content_type),
+            )
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "write", key) from exc
+        if head["ContentLength"] != len(data):
+            raise IntegrityError(
+                f"s3://{self.bucket}/{key}: the store reports {head['ContentLength']} bytes "
+                f"after writing {len(data)}"
+            )
+        etag = response.get("ETag", "")
+        if (
+            checksums.is_md5_etag(etag)
+            and "-" not in etag
+            and self.settings.sse != "aws:kms"
+            and not checksums.same_etag(etag, md5.hex())
+        ):
+            raise IntegrityError(f"s3://{self.bucket}/{key}: ETag does not match what was sent")
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(exc, "delete objects in") from exc
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"could not delete s3://{self.bucket}/{first.get('Key')}: "
+                    f"{first.get('Code')}: {first.get('Message')}"
+                )
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], item["Size"], item.get("LastModified"))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list") from exc
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, upload id) of incomplete multipart uploads under `prefix`."""
+        try:
+            response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list multipart uploads in") from exc
+        return [(u["Key"], u["UploadId"]) for u in response.get("Uploads", [])]
+
+    # --- streaming ---------------------------------------------------------------------
+
+    def uploader(
+        self, key: str, content_type: str = "application/octet-stream"
+    ) -> MultipartUploader:
+        return MultipartUploader(
+            self.client,
+            self.bucket,
+            key,
+            part_size=self.settings.part_size,
+            concurrency=self.settings.concurrency,
+            create_args=self._write_args(content_type),
+            checksums=self.settings.checksums,
+        )
+
+    def verify(self, result: UploadResult) -> tuple[str, ...]:
+        """Confirm an uploaded object from the store's side; return what was checked."""
+        key = result.key
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "verify", key) from exc
+        where = f"s3://{self.bucket}/{key}"
+        if head["ContentLength"] != result.size:
+            raise IntegrityError(
+                f"{where}: the store reports {head['ContentLength']} bytes, {result.size} were sent"
+            )
+        expected_sha = result.expected_composite_sha256
+        reported_sha = head.get("ChecksumSHA256")
+        if expected_sha and reported_sha:
+            if not checksums.same_composite_sha256(reported_sha, expected_sha):
+                raise IntegrityError(f"{where}: the store's SHA-256 checksum does not match")
+            return ("size", "checksum-sha256")
+        etag = head.get("ETag", "")
+        if (
+            checksums.is_md5_etag(etag)
+            and etag.strip('"').endswith(f"-{len(result.parts)}")
+            and self.settings.sse != "aws:kms"
+        ):
+            if not checksums.same_etag(etag, result.expected_etag):
+                raise IntegrityError(f"{where}: the store's ETag does not match the parts sent")
+            return ("size", "etag-md5")
+        return ("size",)
+
+    def open_reader(self, key: str, etag: str | None = None) -> RangedReader:
+        """A stream of the object; with `etag`, only that version of it (412 otherwise)."""
+        return RangedReader(self, key, etag=etag)
+
+
+class RangedReader(io.RawIOBase):
+    """A readable stream of one object that resumes with a Range request after a broken
+    connection, pinned to the object's ETag so it never splices two versions together."""
+
+    def __init__(
+        self, store: S3Store, key: str, *, etag: str | None = None, max_resumes: int = 5
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.key = key
+        self.position = 0
+        self.max_resumes = max_resumes  # in a row without progress
+        self.resumes = 0
+        self._failed_at = -1
+        self._stalls = 0
+        self.etag = etag
+        self.size: int | None = None
+        self._body: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        args: dict[str, Any] = {"Bucket": self.store.bucket, "Key": self.key}
+        if self.position:
+            args["Range"] = f"bytes={self.position}-"
+        if self.etag:
+            args["IfMatch"] = self.etag
+        try:
+            response = self.store.client.get_object(**args)
+        except ClientError as exc:
+            if s3errors.error_code(exc) in ("PreconditionFailed", "412"):
+                raise IntegrityError(
+                    f"s3://{self.store.bucket}/{self.key} changed while it was being read"
+                ) from exc
+            raise self.store._error(exc, "read", self.key) from exc
+        except BotoCoreError as exc:
+            raise self.store._error(exc, "read", self.key) from exc
+        if self.etag is None:
+            self.etag = response.get("ETag")
+        if self.size is None:
+            self.size = self.position + response["ContentLength"]
+        self._body = response["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            try:
+                data = self._body.read(min(len(view), READ_CHUNK))
+            except _STREAM_ERRORS as exc:
+                self._resume(exc)
+                continue
+            if not data and self.size is not None and self.position < self.size:
+                self._resume(ConnectionError("connection closed early"))
+                continue
+            n = len(data)
+            view[:n] = data
+            self.position += n
+            return n
+
+    def _resume(self, exc: BaseException) -> None:
+        self.resumes += 1
+        self._stalls = self._stalls + 1 if self.position == self._failed_at else 1
+        self._failed_at = self.position
+        if self._stalls > self.max_resumes:
+            raise StorageError(
+                f"reading s3://{self.store.bucket}/{self.key} failed {self._stalls} times in a "
+                f"row at byte {self.position}; last error: {exc}"
+            ) from exc
+        log.warning(
+            "download of %s interrupted at byte %d (%s); resuming", self.key, self.position, exc
+        )
+        with contextlib.suppress(Exception):  # the connection is already broken
+            self._body.close()
+        time.sleep(min(0.1 * 2**self._stalls, 5.0))  # back off while no progress is made
+        self._open()
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+        super().close()

@@ -1,0 +1,220 @@
+"""The operator on the real control plane, installed by its chart (its own RBAC), against the
+real PostgreSQL and S3 servers: backup -> wipe -> restore, disaster recovery from the bucket,
+schedules with retention, restore tests, quiescing, and failures that end in a clear phase."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import Cluster, create_namespace, delete_namespace, wait_for
+from tests.support.dbsnapshot import assert_same
+from tests.support.operator import App, delete_all, drop_app, make_app
+from tests.support.trees import assert_same_tree
+
+pytestmark = pytest.mark.e2e
+
+
+def backup_spec(app: App, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "components": ["database", "uploads"],
+        "database": app.database_spec(),
+        "uploads": {"claimName": "timesheet-uploads"},
+        "storage": app.storage(),
+    }
+    spec.update(overrides)
+    return spec
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def test_backup_wipe_restore_in_place(app: App) -> None:
+    db_before, tree_before = app.db_snapshot(), app.tree()
+
+    app.create("backups", "nightly", backup_spec(app))
+    backup = app.wait_phase("backups", "nightly", ("Succeeded", "Failed"))
+    st = backup["status"]
+    assert st["phase"] == "Succeeded", st
+    assert conditions(backup)["Ready"]["status"] == "True"
+    assert st["components"] == "database,uploads"
+    assert {a["component"] for a in st["artifacts"]} == {"database", "uploads"}
+    assert st["manifestKey"] == f"e2e/{app.namespace}/nightly/manifest.json"
+    keys = app.object_keys(f"e2e/{app.namespace}/nightly/")
+    assert st["manifestKey"] in keys
+    assert {a["key"] for a in st["artifacts"]} <= set(keys)
+    assert st["sizeBytes"] > 0 and st["size"]
+    assert any(e.reason == "Completed" for e in app.events("nightly"))
+    job = app.cluster.batch.read_namespaced_job(st["jobName"], app.namespace)
+    pod_spec = job.spec.template.spec
+    assert pod_spec.automount_service_account_token is False
+    assert pod_spec.containers[0].security_context.read_only_root_filesystem is True
+    # The web pod mounts the RWO claim: the backup pod went to its node.
+    assert pod_spec.affinity.node_affinity is not None
+
+    app.wipe_database()
+    for path in sorted((app.uploads_dir / "files").rglob("*"), reverse=True):
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    (app.uploads_dir / "stray.txt").write_text("written after the backup")
+
+    app.create("restores", "back", {
+        "backupName": "nightly",
+        "quiesce": {"deployments": ["timesheet-web"]},
+        "verify": {"sqlChecks": ["SELECT count(*) > 0 FROM timesheets"],
+                   "httpGet": {"url": f"http://timesheet-web.{app.namespace}.svc/"}},
+    })
+    restore = app.wait_phase("restores", "back", ("Succeeded", "Failed"), timeout=300)
+    rst = restore["status"]
+    assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
+    assert [s["name"] for s in rst["steps"]] == ["resolve", "wait", "quiesce", "restore",
+                                                 "unquiesce", "verify"]
+    assert all(s["phase"] == "Succeeded" for s in rst["steps"])
+    assert rst["quiesced"] == [{"name": "timesheet-web", "replicas": 1}]
+    assert app.web_replicas() == 1
+    assert_same(db_before, app.db_snapshot())
+    assert_same_tree(tree_before, app.tree())
+
+
+def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) -> None:
+    """Disaster recovery: a namespace that never saw the Backup object restores by manifest
+    key into a new database."""
+    db_before = app.db_snapshot()
+    app.create("backups", "dr", backup_spec(app, components=["database"]))
+    st = app.wait_phase("backups", "dr", ("Succeeded", "Failed"))["status"]
+    assert st["phase"] == "Succeeded", st
+
+    other = create_namespace(cluster, "dr-target")
+    try:
+        fresh = make_app(cluster, other, web=False)
+        target = f"{fresh.database}_restored"
+        fresh.create("restores", "from-bucket", {
+            "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
+                       "manifestKey": st["manifestKey"]},
+            "database": {**fresh.database_spec(target), "createDatabase": True},
+        })
+        rst = fresh.wait_phase("restores", "from-bucket", ("Succeeded", "Failed"),
+                               timeout=300)["status"]
+        assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
+        assert rst["restoredFrom"]["manifestKey"] == st["manifestKey"]
+        assert_same(db_before, fresh.db_snapshot(target))
+        delete_all(fresh)
+        drop_app(fresh)
+    finally:
+        delete_namespace(cluster, other, force_pods=True)
+
+
+def test_failed_restore_gives_the_app_its_replicas_back(app: App) -> None:
+    app.create("backups", "b", backup_spec(app, components=["database"]))
+    assert app.wait_phase("backups", "b", ("Succeeded", "Failed"))["status"]["phase"] == \
+        "Succeeded"
+    app.create("restores", "bad-check", {
+        "backupName": "b",
+        "quiesce": {"deployments": ["timesheet-web"]},
+        "verify": {"sqlChecks": ["SELECT count(*) = 0 FROM timesheets"]},
+    })
+    restore = app.wait_phase("restores", "bad-check", ("Succeeded", "Failed"), timeout=300)
+    rst = restore["status"]
+    assert rst["phase"] == "Failed"
+    assert rst["failedStep"] == "restore"
+    assert "count(*) = 0" in rst["message"] or "check" in rst["message"].lower()
+    assert conditions(restore)["Failed"]["status"] == "True"
+    assert app.web_replicas() == 1
+    assert any(e.type == "Warning" for e in app.events("bad-check"))
+
+
+def test_missing_secret_fails_with_a_clear_condition(app: App) -> None:
+    spec = backup_spec(app)
+    spec["database"]["passwordSecretRef"] = {"name": "no-such-secret", "key": "password"}
+    app.create("backups", "nosecret", spec)
+    backup = app.wait_phase("backups", "nosecret", ("Succeeded", "Failed"), timeout=60)
+    assert backup["status"]["phase"] == "Failed"
+    failed = conditions(backup)["Failed"]
+    assert failed["reason"] == "SecretMissing"
+    assert "no-such-secret" in failed["message"]
+    wait_for(lambda: any(e.reason == "SecretMissing" and e.type == "Warning"
+                         for e in app.events("nosecret")), 30, message="no Warning Event")
+
+
+def test_unreachable_bucket_fails_with_the_agents_message(app: App) -> None:
+    spec = backup_spec(app, components=["database"])
+    spec["storage"]["bucket"] = "no-such-bucket-e2e"
+    spec["job"] = {"backoffLimit": 0}
+    app.create("backups", "nobucket", spec)
+    backup = app.wait_phase("backups", "nobucket", ("Succeeded", "Failed"))
+    st = backup["status"]
+    assert st["phase"] == "Failed"
+    assert "no-such-bucket-e2e" in st["message"]
+    assert "Traceback" not in st["message"]
+    assert app.object_keys() == []
+
+
+def test_delete_policy_removes_objects_and_retain_keeps_them(app: App) -> None:
+    app.create("backups", "gone", backup_spec(app, components=["database"]))
+    app.create("backups", "kept", backup_spec(app, components=["database"],
+                                              deletionPolicy="Retain"))
+    for name in ("gone", "kept"):
+        assert app.wait_phase("backups", name, ("Succeeded", "Failed"))["status"]["phase"] == \
+            "Succeeded"
+    app.delete("backups", "gone")
+    app.delete("backups", "kept")
+    wait_for(lambda: not app.list("backups"), 60, message="backups not deleted")
+    assert app.object_keys(f"e2e/{app.namespace}/gone/") == []
+    kept = f"e2e/{app.namespace}/kept/"
+    assert f"{kept}manifest.json" in app.object_keys(kept)
+
+
+def test_schedule_creates_backups_and_retention_prunes(app: App) -> None:
+    app.create("backupschedules", "every-minute", {
+        "schedule": "* * * * *",
+        "runOnCreate": True,
+        "template": {"spec": backup_spec(app, components=["database"])},
+        "retention": {"keepLast": 1},
+    })
+    label = "backup.northstar.io/schedule=every-minute"
+    seen: set[str] = set()
+
+    def pruned_down_to_the_newest() -> list[dict[str, Any]] | None:
+        backups = app.list("backups", label)
+        seen.update(b["metadata"]["name"] for b in backups)
+        done = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
+        return done if len(seen) >= 2 and len(backups) == 1 and done else None
+
+    survivors = wait_for(pruned_down_to_the_newest, 200, interval=2,
+                         message=lambda: f"seen {sorted(seen)}, now "
+                         f"{[b['metadata']['name'] for b in app.list('backups')]}")
+    newest = survivors[0]
+    assert newest["status"]["phase"] == "Succeeded"
+    assert newest["metadata"]["labels"]["backup.northstar.io/schedule"] == "every-minute"
+    # The pruned backups' objects are gone from the bucket; the survivor's are there.
+    names = {k.split("/")[2] for k in app.object_keys(f"e2e/{app.namespace}/")}
+    assert names == {newest["metadata"]["name"]}
+    schedule = app.get("backupschedules", "every-minute")["status"]
+    assert schedule["nextScheduleTime"] and schedule["lastScheduleTime"]
+    assert conditions({"status": schedule})["Ready"]["status"] == "True"
+
+
+def test_verification_records_success_and_failure(app: App) -> None:
+    app.create("backups", "seed", backup_spec(app, components=["database"]),
+               labels={"backup.northstar.io/schedule": "verified"})
+    assert app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]["phase"] == \
+        "Succeeded"
+    app.create("backupschedules", "verified", {
+        "schedule": "0 0 1 1 *",
+        "template": {"spec": backup_spec(app, components=["database"])},
+        "verification": {"schedule": "* * * * *",
+                         "checks": ["SELECT count(*) > 0 FROM timesheets"]},
+    })
+
+    def verified() -> dict[str, Any] | None:
+        st = app.get("backupschedules", "verified").get("status") or {}
+        return st.get("lastVerification")
+
+    result = wait_for(verified, 200, interval=2, message="no restore test recorded")
+    assert result["result"] == "Succeeded", result
+    assert result["backupName"] == "seed"
+    # The scratch database was dropped after the checks.
+    assert not app.database_exists(f"{app.database}_verify")

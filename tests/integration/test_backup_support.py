@@ -1,0 +1,197 @@
+"""Helpers shared by the agent's integration tests (test_backup_*, test_restore_*,
+test_interop_*, test_failures_*). No tests here.
+
+The agent always runs as a separate process through its console entry point, with an
+environment built from scratch: connection flags as a Job builder would write them, and the
+secrets (PGPASSWORD, AWS keys, the age identity) only in the environment, as Secret-injected
+variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyrage
+
+from tests.support import dbsnapshot
+from tests.support.pgserver import PostgresServer
+from tests.support.s3server import S3Server
+
+AGENT = [sys.executable, "-m", "timesheet_backup"]
+
+
+@dataclass
+class AgentRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    termination: dict[str, Any] | None
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return json.loads(self.stdout) if self.stdout.strip() else {}
+
+    @property
+    def error_line(self) -> str:
+        lines = [ln for ln in self.stderr.splitlines() if ln.startswith("error: ")]
+        return lines[-1] if lines else ""
+
+    def describe(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """A clean environment: nothing from the developer's shell leaks in (no ~/.aws)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def agent_env(
+    tmp_path: Path,
+    pg: PostgresServer | None = None,
+    s3: S3Server | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    env = base_env(tmp_path)
+    if pg is not None:
+        env["PGPASSWORD"] = pg.password
+    if s3 is not None:
+        env |= {
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "AWS_REGION": s3.region,
+        }
+    env |= dict(extra or {})
+    return env
+
+
+def run_agent(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    tmp_path: Path,
+    timeout: float = 300,
+) -> AgentRun:
+    import subprocess
+
+    term = tmp_path / f"termination-{os.urandom(4).hex()}.json"
+    proc = subprocess.run(
+        [*AGENT, *args, "--termination-message-path", str(term)],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+        check=False,
+    )
+    termination = json.loads(term.read_text()) if term.exists() else None
+    return AgentRun(proc.returncode, proc.stdout, proc.stderr, termination)
+
+
+def s3_args(
+    s3: S3Server, bucket: str, prefix: str = "backups", endpoint: str | None = None
+) -> list[str]:
+    return [
+        "--bucket",
+        bucket,
+        "--prefix",
+        prefix,
+        "--endpoint",
+        endpoint or s3.endpoint,
+        "--force-path-style",
+        "--region",
+        s3.region,
+    ]
+
+
+def db_args(pg: PostgresServer, flag: str = "--db-name", dbname: str | None = None) -> list[str]:
+    args = ["--db-host", pg.host, "--db-port", str(pg.port), "--db-user", pg.user]
+    if dbname is not None:
+        args += [flag, dbname]
+    return args
+
+
+def backup_args(
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    dbname: str,
+    uploads: Path | None,
+    name: str = "nightly",
+    extra: Sequence[str] = (),
+    prefix: str = "backups",
+) -> list[str]:
+    args = ["agent", "backup", "--namespace", "prod", "--name", name, "--backup-id", f"id-{name}"]
+    args += ["--component", "database", *db_args(pg, "--db-name", dbname)]
+    if uploads is not None:
+        args += ["--component", "uploads", "--uploads-dir", str(uploads)]
+    return args + s3_args(s3, bucket, prefix) + list(extra)
+
+
+def manifest_key(name: str = "nightly", prefix: str = "backups") -> str:
+    return f"{prefix}/prod/{name}/manifest.json"
+
+
+def restore_args(
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    key: str,
+    target_db: str | None,
+    uploads: Path | None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    args = ["agent", "restore", "--manifest-key", key]
+    if target_db is not None:
+        args += ["--component", "database", *db_args(pg, "--target-db-name", target_db)]
+    if uploads is not None:
+        args += ["--component", "uploads", "--uploads-dir", str(uploads)]
+    return args + s3_args(s3, bucket) + list(extra)
+
+
+def db_snapshot(pg: PostgresServer, dbname: str) -> dict[str, Any]:
+    with pg.connection(dbname) as conn:
+        return dbsnapshot.snapshot(conn)
+
+
+def new_identity(tmp_path: Path) -> tuple[str, str, Path]:
+    """(public key, private key text, identity file) for age."""
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "age-key.txt"
+    text = f"# test key\n{identity}\n"
+    key_file.write_text(text)
+    key_file.chmod(0o600)
+    return str(identity.to_public()), text, key_file
+
+
+def read_manifest(s3: S3Server, bucket: str, key: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(s3.get_bytes(bucket, key))
+    return data
+
+
+def assert_failed_cleanly(run: AgentRun, s3: S3Server, bucket: str, *, secret: str = "") -> None:
+    """The failure contract: non-zero exit, one `error:` line, no traceback, a termination
+    message saying why, no manifest, no leftover objects or multipart uploads."""
+    assert run.returncode != 0, run.describe()
+    assert run.error_line, run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+    assert run.termination is not None and run.termination["ok"] is False, run.describe()
+    assert run.termination["error"] in run.error_line
+    if secret:
+        assert secret not in run.stderr and secret not in run.stdout
+        assert secret not in json.dumps(run.termination)
+    keys = s3.list_keys(bucket)
+    assert not [k for k in keys if k.endswith("manifest.json")], keys
+    assert keys == [], keys
+    assert s3.list_multipart_uploads(bucket) == []

@@ -1,0 +1,322 @@
+"""Tar streams of the uploads directory: writing, safe extraction, replace and merge."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.trees import (
+    HOSTILE_KINDS,
+    assert_same_tree,
+    make_hostile_tar,
+    make_uploads_tree,
+    snapshot_tree,
+)
+from timesheet_backup.agent import streams, tarstream
+from timesheet_backup.agent.errors import ArchiveError, FilesystemError
+
+pytestmark = pytest.mark.unit
+
+
+def tar_bytes(root: Path, exclude: tuple[str, ...] = ()) -> tuple[bytes, tarstream.TarStats]:
+    out = io.BytesIO()
+    stats = tarstream.write_tar(root, out, exclude)
+    return out.getvalue(), stats
+
+
+def extract(
+    raw: bytes, target: Path, token: str = "t1", **kwargs: object
+) -> tarstream.ExtractResult:
+    staging = tarstream.make_staging(target, token)
+    try:
+        result = tarstream.SafeExtractor(staging, **kwargs).extract(io.BytesIO(raw))  # type: ignore[arg-type]
+    except BaseException:
+        tarstream.discard(staging)
+        raise
+    tarstream.replace_with(target, staging, token)
+    tarstream.apply_root_attrs(target, result)
+    return result
+
+
+# --- pure rules ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "patterns", "excluded"),
+    [
+        ("a/b/c.tmp", ["*.tmp"], True),
+        ("c.tmp", ["*.tmp"], True),
+        ("a/cache", ["cache"], True),
+        ("a/cache2", ["cache"], False),
+        ("tmp/x", ["tmp/*"], True),
+        ("a/tmp/x", ["tmp/*"], False),
+        ("a/tmp/x", ["*/tmp/*"], True),
+        ("tmp", ["/tmp"], True),
+        ("a/tmp", ["/tmp"], False),
+        (".cache", ["./.cache"], True),
+        ("x", [""], False),
+        ("dir", ["dir/"], True),
+    ],
+)
+def test_is_excluded(path: str, patterns: list[str], excluded: bool) -> None:
+    assert tarstream.is_excluded(path, patterns) is excluded
+
+
+@pytest.mark.parametrize(
+    ("name", "strip", "parts"),
+    [
+        ("a/b", 0, ("a", "b")),
+        ("./a//b/", 0, ("a", "b")),
+        (".", 0, ()),
+        ("uploads/a/b", 1, ("a", "b")),
+        ("uploads/", 1, ()),
+    ],
+)
+def test_member_parts(name: str, strip: int, parts: tuple[str, ...]) -> None:
+    assert tarstream.member_parts(name, strip) == parts
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x", "a/../../x", "a/..", "a\x00b"])
+def test_member_parts_refuses(name: str) -> None:
+    with pytest.raises(ArchiveError):
+        tarstream.member_parts(name)
+
+
+def test_link_targets() -> None:
+    assert tarstream.link_target_parts(("a", "l"), "../b") == ("b",)
+    assert tarstream.link_target_parts(("a", "l"), "./x/../y") == ("a", "y")
+    for bad in ("/etc", "../..", "../../x", ""):
+        with pytest.raises(ArchiveError):
+            tarstream.link_target_parts(("a", "l"), bad)
+
+
+def test_absolute_links_only_into_allowed_roots() -> None:
+    roots = ["/data/uploads"]
+    assert tarstream.absolute_link_allowed("/data/uploads/x", roots)
+    assert tarstream.absolute_link_allowed("/data/uploads", roots)
+    assert not tarstream.absolute_link_allowed("/data/uploads2/x", roots)
+    assert not tarstream.absolute_link_allowed("/data/uploads/../etc", roots)
+    assert not tarstream.absolute_link_allowed("relative", roots)
+    assert not tarstream.absolute_link_allowed("/etc/passwd", [""])
+
+
+def test_pax_mtime_is_exact() -> None:
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"mtime": "1705312800.123456789"}
+    assert tarstream.parse_pax_mtime_ns(info) == 1705312800_123456789
+    assert tarstream.format_pax_mtime(1705312800_123456789) == "1705312800.123456789"
+    assert tarstream.format_pax_mtime(1705312800_000000000) == "1705312800"
+    plain = tarfile.TarInfo("y")
+    plain.mtime = 12
+    assert tarstream.parse_pax_mtime_ns(plain) == 12_000_000_000
+
+
+# --- round trips -----------------------------------------------------------------------
+
+
+def test_round_trip_is_identical(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src")
+    raw, stats = tar_bytes(source)
+    target = tmp_path / "dst"
+    result = extract(raw, target, absolute_roots=[str(source.resolve())])
+    before = snapshot_tree(source, mtime_ns=True, owners=os.geteuid() == 0)
+    after = snapshot_tree(target, mtime_ns=True, owners=os.geteuid() == 0)
+    assert_same_tree(before, after)
+    assert result.stats.file_count == stats.file_count > 30
+    assert stats.hardlinks == 1 and stats.symlinks == 4
+    assert os.stat(target).st_mtime_ns == os.stat(source).st_mtime_ns
+
+
+def test_gnu_tar_extracts_the_same_tree(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src")
+    raw, _ = tar_bytes(source)
+    target = tmp_path / "by-hand"
+    target.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(target)], input=raw, check=True, capture_output=True)
+    assert_same_tree(snapshot_tree(source, mtime_ns=True), snapshot_tree(target, mtime_ns=True))
+
+
+def test_gnu_tar_archives_restore(tmp_path: Path) -> None:
+    """`tar -czf uploads.tar.gz uploads/` as in the guide, with the top directory stripped."""
+    source = make_uploads_tree(tmp_path / "uploads", symlinks=False, non_utf8=False)
+    archive = subprocess.run(
+        ["tar", "-cz", "-C", str(tmp_path), "uploads/"], check=True, capture_output=True
+    ).stdout
+    plain = streams.decompressor("gzip", io.BytesIO(archive)).read()
+    target = tmp_path / "restored"
+    extract(plain, target, strip_components=1)
+    assert_same_tree(snapshot_tree(source), snapshot_tree(target))
+
+
+def test_excludes_and_internal_directories(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src", symlinks=False)
+    (source / ".tsb-restore-abc").mkdir()
+    (source / ".tsb-restore-abc" / "junk").write_text("x")
+    raw, _ = tar_bytes(source, ("*.tmp", ".cache", "private/*"))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        names = {m.name for m in tar}
+    assert "tmp/upload-partial.tmp" not in names
+    assert not any(n.startswith(".cache") for n in names)
+    assert "private" in names and "private/salary.csv" not in names
+    assert not any(n.startswith(".tsb-") for n in names)
+    assert "." in names
+
+
+def test_fifo_and_sockets_are_skipped(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src", special_files=True)
+    _, stats = tar_bytes(source)
+    assert stats.skipped == ["a-fifo"]
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(FilesystemError, match="does not exist"):
+        tar_bytes(tmp_path / "nope")
+
+
+def test_file_shrinking_while_read_keeps_the_archive_valid(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    big = source / "big.bin"
+    big.write_bytes(b"x" * 100_000)
+
+    class Shrinking(io.BytesIO):
+        def write(self, data: Any) -> int:
+            if big.exists() and big.stat().st_size > 10:
+                big.write_bytes(b"y" * 10)  # truncate while tar is reading it
+            return super().write(data)
+
+    out = Shrinking()
+    stats = tarstream.write_tar(source, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [".", "big.bin"]
+    assert stats.changed in ([], ["big.bin"])
+
+
+# --- hostile archives ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+def test_hostile_archives_are_refused_and_leave_nothing(tmp_path: Path, kind: str) -> None:
+    archive = make_hostile_tar(tmp_path / "evil.tar", kind, outside=tmp_path / "outside")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "existing.txt").write_text("keep me")
+    before = snapshot_tree(target)
+    with pytest.raises(ArchiveError):
+        extract(archive.path.read_bytes(), target)
+    assert archive.escapes(target) == []
+    assert snapshot_tree(target) == before
+
+
+def test_symlink_chain_that_escapes_is_refused(tmp_path: Path) -> None:
+    """`x -> y/..` checked while y does not exist, then `y -> .`: x ends up at the parent."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, target in (("x", "y/.."), ("y", ".")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    with pytest.raises(ArchiveError, match="resolves outside"):
+        extract(buf.getvalue(), tmp_path / "t")
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_absolute_symlink_outside_source_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    os.symlink("/etc/passwd", source / "pw")
+    raw, _ = tar_bytes(source)
+    with pytest.raises(ArchiveError, match="absolute target"):
+        extract(raw, tmp_path / "dst", absolute_roots=[str(source)])
+
+
+def test_broken_stream_is_an_archive_error(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError):
+        extract(b"this is not a tar archive" * 40, tmp_path / "t")
+
+
+# --- replace and merge -----------------------------------------------------------------
+
+
+def test_replace_removes_entries_not_in_the_backup(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src", symlinks=False)
+    raw, _ = tar_bytes(source)
+    target = tmp_path / "dst"
+    (target / "stale" / "deep").mkdir(parents=True)
+    (target / "stale" / "deep" / "f").write_text("old")
+    (target / "readonly.txt").write_text("old version")
+    (target / "ro").mkdir()
+    (target / "ro").chmod(0o500)
+    extract(raw, target)
+    assert_same_tree(snapshot_tree(source), snapshot_tree(target))
+    assert not any(p.name.startswith(".tsb-") for p in target.iterdir())
+
+
+def test_merge_keeps_other_entries_and_overwrites_same_names(tmp_path: Path) -> None:
+    source = make_uploads_tree(tmp_path / "src", symlinks=False)
+    raw, _ = tar_bytes(source)
+    target = tmp_path / "dst"
+    (target / "receipts").mkdir(parents=True)
+    (target / "receipts" / "new-since-backup.pdf").write_text("keep")
+    (target / "readonly.txt").write_text("changed since")
+    (target / "binary.bin").mkdir()  # a directory where the backup has a file
+    staging = tarstream.make_staging(target, "m1")
+    tarstream.SafeExtractor(staging).extract(io.BytesIO(raw))
+    tarstream.merge_into(target, staging)
+    assert (target / "receipts" / "new-since-backup.pdf").read_text() == "keep"
+    merged = snapshot_tree(target, exclude=["receipts/new-since-backup.pdf"])
+    expected = snapshot_tree(source)
+    assert_same_tree(expected, merged, ignore_fields=("mtime",))
+    assert (target / "readonly.txt").read_bytes() == (source / "readonly.txt").read_bytes()
+
+
+def test_swap_failure_puts_the_old_tree_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "dst"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging = tarstream.make_staging(target, "f1")
+    (staging / "a.txt").write_text("new a")
+    (staging / "b.txt").write_text("new b")
+    real_rename = os.rename
+
+    def flaky(src: object, dst: object) -> None:
+        if str(src).endswith("b.txt") and ".tsb-restore-" in str(src):
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("os.rename", flaky)
+    with pytest.raises(FilesystemError, match="could not swap"):
+        tarstream.replace_with(target, staging, "f1")
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == [".tsb-restore-f1", "old.txt"]
+    assert sorted(p.name for p in staging.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_make_staging_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FilesystemError):
+        tarstream.make_staging(tmp_path / "f", "x")
+
+
+def test_rerun_with_the_same_id_clears_leftovers(tmp_path: Path) -> None:
+    """A retried restore Job (same id) finds the staging and old directories of the
+    interrupted attempt; the result is still exactly the archive."""
+    source = make_uploads_tree(tmp_path / "src", symlinks=False)
+    raw, _ = tar_bytes(source)
+    target = tmp_path / "dst"
+    (target / ".tsb-restore-r1").mkdir(parents=True)
+    (target / ".tsb-restore-r1" / "partial.bin").write_text("half")
+    (target / ".tsb-old-r1").mkdir()
+    (target / ".tsb-old-r1" / "old.txt").write_text("old")
+    (target / ".tsb-old-other").mkdir()
+    extract(raw, target, token="r1")
+    assert_same_tree(snapshot_tree(source), snapshot_tree(target))

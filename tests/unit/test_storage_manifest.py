@@ -1,0 +1,210 @@
+"""The manifest: round trip, strict parsing, the status summary."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from timesheet_backup.agent.errors import ManifestError
+from timesheet_backup.storage import manifest as mf
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2024, 1, 15, 2, 0, 0, tzinfo=UTC)
+T1 = datetime(2024, 1, 15, 2, 3, 4, tzinfo=UTC)
+SHA = "ab" * 32
+KEY = "p/ns/daily/manifest.json"
+
+
+def sample() -> mf.Manifest:
+    return mf.Manifest(
+        backup_id="uid-1",
+        namespace="ns",
+        name="daily",
+        start_time=T0,
+        completion_time=T1,
+        agent_version="0.1.0",
+        labels={"backup.northstar.io/schedule": "nightly"},
+        artifacts=(
+            mf.Artifact(
+                component="database",
+                key="p/ns/daily/database.dump.zst.age",
+                size_bytes=1234,
+                sha256=SHA,
+                format="custom",
+                compression="zstd",
+                compression_level=3,
+                encryption="age",
+                recipients=("age1xyz",),
+                verified=("size", "checksum-sha256"),
+                database="timesheet_db",
+                pg_dump_version="15.18",
+                server_version="15.18",
+                tables=("public.timesheets",),
+                no_owner=True,
+            ),
+            mf.Artifact(
+                component="uploads",
+                key="p/ns/daily/uploads.tar.zst.age",
+                size_bytes=99,
+                sha256="cd" * 32,
+                format="tar",
+                compression="zstd",
+                compression_level=3,
+                encryption="age",
+                recipients=("age1xyz",),
+                file_count=7,
+                exclude=("*.tmp",),
+                source_path="/data/uploads",
+            ),
+        ),
+    )
+
+
+def as_dict() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(mf.dumps(sample()))
+    return data
+
+
+def test_round_trip() -> None:
+    manifest = sample()
+    assert mf.loads(mf.dumps(manifest)) == manifest
+
+
+def test_json_shape() -> None:
+    data = as_dict()
+    assert data["apiVersion"] == "backup.northstar.io/manifest/v1"
+    assert data["kind"] == "BackupManifest"
+    assert data["startTime"] == "2024-01-15T02:00:00Z"
+    db, up = data["artifacts"]
+    assert db["sizeBytes"] == 1234 and db["serverVersion"] == "15.18" and "fileCount" not in db
+    assert up["fileCount"] == 7 and "serverVersion" not in up
+
+
+def test_accessors() -> None:
+    manifest = sample()
+    assert manifest.components == ("database", "uploads")
+    assert manifest.size_bytes == 1333
+    assert manifest.artifact("uploads") is manifest.artifacts[1]
+    assert manifest.artifact("nothing") is None
+    assert manifest.artifacts[0].encrypted
+
+
+def test_check_keys_refuses_foreign_keys() -> None:
+    sample().check_keys(KEY)
+    with pytest.raises(ManifestError):
+        sample().check_keys("q/ns/daily/manifest.json")
+
+
+def mutate(path: list[Any], value: Any) -> bytes:
+    data = as_dict()
+    target: Any = data
+    for step in path[:-1]:
+        target = target[step]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["apiVersion"], "backup.northstar.io/manifest/v2", "unsupported apiVersion"),
+        (["apiVersion"], KeyError, "apiVersion is required"),
+        (["kind"], "Backup", "kind"),
+        (["backupId"], "", "backupId"),
+        (["backupId"], 5, "backupId"),
+        (["startTime"], "yesterday", "ISO 8601"),
+        (["startTime"], "2024-01-15T02:00:00", "time zone"),
+        (["source"], "elsewhere", "source"),
+        (["artifacts"], [], "non-empty list"),
+        (["artifacts"], {}, "non-empty list"),
+        (["unexpected"], 1, "unknown field unexpected"),
+        (["labels"], {"a": 1}, "labels"),
+        (["artifacts", 0, "sha256"], "AB" * 32, "sha256"),
+        (["artifacts", 0, "sha256"], "ab", "sha256"),
+        (["artifacts", 0, "sizeBytes"], -1, "sizeBytes"),
+        (["artifacts", 0, "sizeBytes"], True, "sizeBytes"),
+        (["artifacts", 0, "sizeBytes"], "12", "sizeBytes"),
+        (["artifacts", 0, "component"], "logs", "component"),
+        (["artifacts", 0, "compression"], "bzip2", "compression"),
+        (["artifacts", 0, "encryption"], "gpg", "encryption"),
+        (["artifacts", 0, "recipients"], [], "recipients is empty"),
+        (["artifacts", 0, "format"], "tar", "format"),
+        (["artifacts", 1, "format"], "custom", "format"),
+        (["artifacts", 0, "noOwner"], "yes", "noOwner"),
+        (["artifacts", 0, "tables"], "public.x", "tables"),
+        (["artifacts", 0, "verified"], ["trust-me"], "verified"),
+        (["artifacts", 0, "surprise"], 1, "unknown field artifacts[0].surprise"),
+        (["artifacts", 0, "key"], KeyError, "artifacts[0].key is required"),
+    ],
+)
+def test_strict_parsing(path: list[Any], value: Any, message: str) -> None:
+    with pytest.raises(ManifestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        mf.loads(mutate(path, value))
+
+
+def test_duplicate_components_are_refused() -> None:
+    data = as_dict()
+    data["artifacts"][1] = copy.deepcopy(data["artifacts"][0])
+    with pytest.raises(ManifestError, match="twice"):
+        mf.from_dict(data)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b"[]", b"null"])
+def test_garbage_is_refused(raw: bytes) -> None:
+    with pytest.raises(ManifestError):
+        mf.loads(raw)
+
+
+def test_oversized_manifest_is_refused() -> None:
+    with pytest.raises(ManifestError, match="larger"):
+        mf.loads(b" " * (mf.MAX_MANIFEST_BYTES + 1))
+
+
+def test_optional_fields_may_be_null_or_absent() -> None:
+    data = as_dict()
+    data["artifacts"][0]["serverVersion"] = None
+    del data["artifacts"][0]["pgDumpVersion"]
+    del data["labels"]
+    manifest = mf.from_dict(data)
+    assert manifest.artifacts[0].server_version is None
+    assert manifest.labels == {}
+
+
+def test_naive_times_cannot_be_written() -> None:
+    manifest = sample()
+    naive = mf.Manifest(**{**manifest.__dict__, "start_time": datetime(2024, 1, 1)})
+    with pytest.raises(ValueError):
+        mf.dumps(naive)
+
+
+def test_times_are_normalized_to_utc() -> None:
+    data = as_dict()
+    data["startTime"] = "2024-01-15T03:00:00+01:00"
+    assert mf.from_dict(data).start_time == T0
+
+
+def test_summary_has_the_status_shape() -> None:
+    summary = mf.summary(sample(), KEY)
+    assert summary["manifestKey"] == KEY
+    assert summary["backupId"] == "uid-1"
+    assert summary["sizeBytes"] == 1333
+    db, up = summary["artifacts"]
+    assert db == {
+        "component": "database",
+        "key": "p/ns/daily/database.dump.zst.age",
+        "sizeBytes": 1234,
+        "sha256": SHA,
+        "compression": "zstd",
+        "encrypted": True,
+        "format": "custom",
+        "serverVersion": "15.18",
+    }
+    assert up["fileCount"] == 7 and "serverVersion" not in up
