@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: help venv tools crds lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down demo bench clean
+        cluster-up cluster-down operator-up demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ test: lint test-unit test-integration test-e2e ## all tiers
 
 cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
 	TOOLS_BIN=$$(bash tests/cluster/build-tools.sh | tail -1) bash tests/cluster/cluster-up.sh
+
+operator-up: cluster-up ## the operator (via its chart) and the example app's namespace on the local cluster
+	$(PY) -m tests.cluster.operator_up
+
+demo: cluster-up ## a real backup and restore of sample timesheet data on the local cluster
+	$(PY) -m tests.cluster.demo
 
 cluster-down: ## stop everything cluster-up started
 	bash tests/cluster/cluster-down.sh
