@@ -16,8 +16,8 @@ from typing import Any
 from tests.cluster import operator_up
 from tests.support.cluster import Cluster, start_cluster
 from tests.support.dbsnapshot import diff, load_sample, load_schema, row_counts, snapshot
-from tests.support.operator import claim_directory, run_tool
-from tests.support.trees import diff_trees, make_uploads_tree, snapshot_tree
+from tests.support.operator import claim_directory, fill_volume, run_tool
+from tests.support.trees import diff_trees, snapshot_tree
 
 NS = operator_up.APP_NAMESPACE
 EXAMPLES = operator_up.EXAMPLES
@@ -65,9 +65,7 @@ def load_data(cluster: Cluster, uploads: Path) -> None:
         load_schema(conn)
         load_sample(conn, scale=2)
     subprocess.run(["find", str(uploads), "-mindepth", "1", "-delete"], check=True)
-    make_uploads_tree(uploads / "receipts", seed=1, large_size=2 * 1024 * 1024,
-                      special_files=False, foreign_owner=False, non_utf8=False)
-    subprocess.run(["chown", "-R", "-h", "65532:65532", str(uploads)], check=True)
+    fill_volume(uploads, "receipts", seed=1)
 
 
 def main() -> int:
@@ -108,7 +106,9 @@ def main() -> int:
     restore = follow(cluster, "restore", "restore-before-upgrade")
     for step in restore["status"].get("steps", []):
         print(f"    {step['name']:10} {step['phase']:10} {step.get('message', '')}")
-    show(cluster, "get", "events", "-n", NS, "--sort-by=.lastTimestamp")
+    for kind, name in (("Backup", "before-upgrade"), ("Restore", "restore-before-upgrade")):
+        show(cluster, "get", "events", "-n", NS, "--sort-by=.lastTimestamp", "--field-selector",
+             f"involvedObject.kind={kind},involvedObject.name={name}")
     if restore["status"]["phase"] != "Succeeded":
         print(restore["status"].get("message"))
         return 1

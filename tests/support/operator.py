@@ -243,12 +243,19 @@ def make_app(cluster: Cluster, namespace: str, *, web: bool = True) -> App:
             "timesheet-web", namespace).status.ready_replicas or 0) >= 1, 90,
             message=lambda: f"web not ready:\n{describe_namespace(cluster, namespace)}")
     app.uploads_dir = claim_directory(cluster, namespace, "timesheet-uploads")
-    make_uploads_tree(app.uploads_dir / "files", seed=7, large_size=3 * 1024 * 1024,
-                      special_files=False, foreign_owner=False, non_utf8=False)
-    # The agent runs as a non-root user, like the app that owns the uploads.
-    subprocess.run(["chown", "-R", "-h", f"{AGENT_UID}:{AGENT_UID}", str(app.uploads_dir)],
-                   check=True)
+    fill_volume(app.uploads_dir, "files", seed=7)
     return app
+
+
+def fill_volume(volume: Path, subdir: str, seed: int) -> None:
+    """The edge-case uploads tree under `volume/subdir`, as the app would have written it."""
+    make_uploads_tree(volume / subdir, seed=seed, large_size=3 * 1024 * 1024,
+                      special_files=False, foreign_owner=False, non_utf8=False)
+    # Its absolute symlink names this host's path, which is outside the volume as pods
+    # mount it: the agent rightly refuses to restore such a link.
+    (volume / subdir / "links" / "absolute-inside").unlink()
+    # The agent runs as a non-root user, like the app that owns the uploads.
+    subprocess.run(["chown", "-R", "-h", f"{AGENT_UID}:{AGENT_UID}", str(volume)], check=True)
 
 
 def claim_directory(cluster: Cluster, namespace: str, claim: str) -> Path:

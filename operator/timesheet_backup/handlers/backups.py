@@ -208,4 +208,4 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         post_event(body, "Warning", reason="DeleteFailed", message=message)
         write(patch, {"message": message})
         raise kopf.TemporaryError(message, delay=30) from exc
-    post_event(body, "Normal", reason="Deleted", message=f"deleted {count} object(s) from the bucket")
+    post_event(body, "Normal", "Deleted", f"deleted {count} object(s) from the bucket")

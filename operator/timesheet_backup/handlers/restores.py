@@ -329,10 +329,10 @@ class Machine:
         write(self.patch, {"steps": self.st["steps"]})
 
     def fail(self, step: str, reason: str, message: str) -> None:
-        """Record the failure, then give the app back before ending Failed."""
+        """Record the failure, then give the app back before ending Failed (the Warning
+        Event is posted once, by end())."""
         self.finish_step(step, "Failed", message)
         write(self.patch, {"failedStep": step, "failureReason": reason})
-        post_event(self.body, "Warning", reason, message)
         self.st["failedStep"], self.st["failureReason"] = step, reason
         self.st["message"] = message
         if self.deployments and step not in ("resolve", "wait"):
