@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,8 +111,11 @@ class App:
             return snapshot(conn)
 
     def wipe_database(self) -> None:
-        with self.connect() as conn:
-            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        """Lose everything: the database is dropped and created empty again."""
+        with self.connect("postgres") as conn:
+            name = sql.Identifier(self.database)
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER timesheet").format(name))
 
     def database_exists(self, name: str) -> bool:
         with self.connect("postgres") as conn:
@@ -189,6 +193,12 @@ class App:
             "timesheet-web", self.namespace).spec.replicas)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _create_roles(conn: psycopg.Connection[Any]) -> None:
     for role in SAMPLE_ROLES:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
@@ -207,7 +217,8 @@ def make_app(cluster: Cluster, namespace: str, *, web: bool = True) -> App:
               pg_env, s3_env)
     with app.connect("postgres") as conn:
         _create_roles(conn)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER timesheet").format(
+            sql.Identifier(database)))
     with app.connect() as conn:
         load_schema(conn)
         load_sample(conn, scale=1)
@@ -235,7 +246,12 @@ def make_app(cluster: Cluster, namespace: str, *, web: bool = True) -> App:
         for doc in yaml.safe_load_all(manifest):
             doc["metadata"]["namespace"] = namespace
             if doc["kind"] == "Deployment":
-                doc["spec"]["template"]["spec"]["containers"][0]["image"] = cluster.image
+                container = doc["spec"]["template"]["spec"]["containers"][0]
+                container["image"] = cluster.image
+                # Local pods share the host's network: each test's web app gets its own port.
+                port = free_port()
+                container["command"][container["command"].index("8000")] = str(port)
+                container["ports"][0]["containerPort"] = port
                 cluster.apps.create_namespaced_deployment(namespace, doc)
             else:
                 core.create_namespaced_service(namespace, doc)

@@ -584,22 +584,33 @@ class Artifact:
 
 
 @dataclass(kw_only=True)
-class BackupStatus:
+class ObservedStatus:
+    """What the three kinds' status has in common."""
+
+    observed_generation: int | None = field("Generation last acted on.", default=None)
+    conditions: list[Condition] | None = field(
+        "Ready, Progressing, Failed.", default=None, maxItems=8,
+        **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    message: str | None = field("Why it failed, or what it waits for.", default=None,
+                                maxLength=4096)
+
+
+@dataclass(kw_only=True)
+class RunStatus(ObservedStatus):
+    """What a Backup's and a Restore's status have in common: a run against a database."""
+
+    database_target: str | None = field(
+        "host:port/database it works on; one Job at a time per target.", default=None)
+    start_time: str | None = field("When it started.", default=None, **_TIME)
+    completion_time: str | None = field("When it ended.", default=None, **_TIME)
+
+
+@dataclass(kw_only=True)
+class BackupStatus(RunStatus):
     """Observed state of a Backup."""
 
     phase: BackupPhase | None = field("Pending, Running, Succeeded, Failed or Deleting.",
                                       default=None)
-    observed_generation: int | None = field("Generation last acted on.", default=None)
-    conditions: list[Condition] | None = field("Ready, Progressing, Failed.", default=None,
-                                               maxItems=8, **{"x-kubernetes-list-type": "map",
-                                                              "x-kubernetes-list-map-keys":
-                                                              ["type"]})
-    database_target: str | None = field(
-        "host:port/database it works on; one Job at a time per target.", default=None)
-    message: str | None = field("Why the backup failed, or what it waits for.", default=None,
-                                maxLength=4096)
-    start_time: str | None = field("When the Job started.", default=None, **_TIME)
-    completion_time: str | None = field("When the backup ended.", default=None, **_TIME)
     job_name: str | None = field("The backup Job.", default=None)
     schedule: str | None = field("The BackupSchedule that created it.", default=None)
     backup_id: str | None = field("Unique id, recorded in the manifest.", default=None)
@@ -629,13 +640,9 @@ class VerificationResult:
 
 
 @dataclass(kw_only=True)
-class BackupScheduleStatus:
+class BackupScheduleStatus(ObservedStatus):
     """Observed state of a BackupSchedule."""
 
-    observed_generation: int | None = field("Generation last acted on.", default=None)
-    conditions: list[Condition] | None = field("Ready.", default=None, maxItems=8,
-                                               **{"x-kubernetes-list-type": "map",
-                                                  "x-kubernetes-list-map-keys": ["type"]})
     last_schedule_time: str | None = field("Last time a Backup was created.", default=None,
                                            **_TIME)
     last_successful_time: str | None = field("Completion of the newest successful Backup.",
@@ -646,8 +653,6 @@ class BackupScheduleStatus:
     last_verification: VerificationResult | None = field("Last restore test.", default=None)
     last_verification_schedule_time: str | None = field(
         "Last time a restore test was started.", default=None, **_TIME)
-    message: str | None = field("Detail, e.g. why the schedule is not Ready.", default=None,
-                                maxLength=4096)
 
 
 @dataclass(kw_only=True)
@@ -679,22 +684,11 @@ class RestoredFrom:
 
 
 @dataclass(kw_only=True)
-class RestoreStatus:
+class RestoreStatus(RunStatus):
     """Observed state of a Restore."""
 
     phase: RestorePhase | None = field("Pending, Waiting, Running, Succeeded or Failed.",
                                        default=None)
-    observed_generation: int | None = field("Generation last acted on.", default=None)
-    conditions: list[Condition] | None = field("Ready, Progressing, Failed.", default=None,
-                                               maxItems=8, **{"x-kubernetes-list-type": "map",
-                                                              "x-kubernetes-list-map-keys":
-                                                              ["type"]})
-    database_target: str | None = field(
-        "host:port/database it works on; one Job at a time per target.", default=None)
-    message: str | None = field("Why it failed, or what it waits for.", default=None,
-                                maxLength=4096)
-    start_time: str | None = field("Start.", default=None, **_TIME)
-    completion_time: str | None = field("End.", default=None, **_TIME)
     current_step: str | None = field("The step running now.", default=None, maxLength=64)
     steps: list[RestoreStep] | None = field("Each step with times.", default=None, maxItems=16)
     restored_from: RestoredFrom | None = field("The backup restored.", default=None)
