@@ -172,3 +172,14 @@ def pods_matching(namespace: str, selector: Mapping[str, str]) -> list[dict[str,
     text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     return [dict(p) for p in _plain(core().list_namespaced_pod(namespace,
                                                                label_selector=text))["items"]]
+
+
+def namespace_terminating(name: str) -> bool:
+    """True when the namespace is being deleted (its Secrets may already be gone)."""
+    try:
+        namespace = core().read_namespace(name)
+    except ApiException as exc:
+        if not_found(exc):
+            return True
+        raise
+    return namespace.metadata.deletion_timestamp is not None

@@ -40,6 +40,12 @@ class StorageError(AgentError):
     reason = "StorageError"
 
 
+class MissingBucket(StorageError):
+    """The bucket does not exist (so nothing can be in it)."""
+
+    reason = "BucketMissing"
+
+
 class IntegrityError(AgentError):
     """An artifact or manifest does not match what was recorded: corrupted or tampered."""
 

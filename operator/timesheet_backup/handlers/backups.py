@@ -3,6 +3,7 @@ remove the objects when the deletion policy says so."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ import kopf
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.agent.errors import AgentError
+from timesheet_backup.agent.errors import AgentError, MissingBucket
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
@@ -30,6 +31,8 @@ from timesheet_backup.jobs.pod import UPLOADS_MOUNT, AgentJob, PodVolume, agent_
 from timesheet_backup.status import human_size, parse_time, timestamp
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as manifests
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 # After the Job completed, how long a manifest that cannot be read is retried before the
@@ -203,7 +206,21 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     try:
         count = bucket.delete_backup_objects(bucket.open_store(spec.storage, namespace),
                                              st["manifestKey"])
-    except (LookupError, AgentError) as exc:
+    except MissingBucket as exc:
+        post_event(body, "Normal", "Deleted", f"nothing to delete: {exc}")
+        return
+    except LookupError as exc:
+        if kube.namespace_terminating(namespace):
+            # The namespace's Secrets are being deleted with it and will not come back:
+            # waiting would block the namespace forever. Say what stays in the bucket.
+            log.warning("namespace %s is being deleted and %s: the objects under %s stay in "
+                        "s3://%s", namespace, exc, st["manifestKey"], spec.storage.bucket)
+            return
+        message = f"cannot delete the backup's objects, will retry: {exc}"
+        post_event(body, "Warning", "DeleteFailed", message)
+        write(patch, {"message": message})
+        raise kopf.TemporaryError(message, delay=30) from exc
+    except AgentError as exc:
         message = f"cannot delete the backup's objects, will retry: {exc}"
         post_event(body, "Warning", reason="DeleteFailed", message=message)
         write(patch, {"message": message})

@@ -12,7 +12,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from timesheet_backup.agent.errors import StorageError
+from timesheet_backup.agent.errors import MissingBucket, StorageError
 
 _ACCESS_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
 _BAD_CREDENTIALS = frozenset(
@@ -32,7 +32,7 @@ def describe(exc: BaseException, action: str, bucket: str, key: str | None = Non
     if isinstance(exc, ClientError):
         code = error_code(exc)
         if code in _MISSING_BUCKET or (code in _MISSING_KEY and key is None):
-            return StorageError(f"bucket {bucket!r} does not exist")
+            return MissingBucket(f"bucket {bucket!r} does not exist")
         if code in _MISSING_KEY:
             return StorageError(f"{where} does not exist ({action})")
         if code in _ACCESS_DENIED:
