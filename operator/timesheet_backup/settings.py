@@ -51,18 +51,11 @@ class OperatorConfig:
         "Finished Jobs are removed after this long (their outcome is in the CR's status).",
         default=86400,
     )
-    retention_interval_seconds: int = field(
-        "How often retention also runs without a completed backup.", default=3600
-    )
-    job_poll_seconds: int = field("How often running Jobs are checked.", default=10)
-    metrics_port: int = field("Port of /metrics; 0 disables it.", default=8080)
-    log_format: str = field("text or json.", default="text")
 
 
 ENV_OVERRIDES = {
     "TSB_IMAGE": "image",
     "TSB_IMAGE_PULL_POLICY": "imagePullPolicy",
-    "TSB_LOG_FORMAT": "logFormat",
 }
 
 
@@ -81,14 +74,4 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
             data[key] = env[variable]
     if env.get("TSB_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["TSB_NAMESPACES"].split(",") if n.strip()]
-    for variable, key in (("TSB_METRICS_PORT", "metricsPort"),
-                          ("TSB_JOB_POLL_SECONDS", "jobPollSeconds")):
-        if env.get(variable):
-            try:
-                data[key] = int(env[variable])
-            except ValueError as exc:
-                raise SpecError(f"{variable}: expected an integer") from exc
-    config = parse(OperatorConfig, data, path="config")
-    if config.log_format not in ("text", "json"):
-        raise SpecError("config.logFormat: expected text or json")
-    return config
+    return parse(OperatorConfig, data, path="config")

@@ -69,7 +69,7 @@ def test_missing_bucket(pg: PostgresServer, s3: S3Server, sample_db: str, tmp_pa
     )
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "bucket 'no-such-bucket-tsb' does not exist" in run.error_line
-    assert run.termination is not None and run.termination["reason"] == "StorageError"
+    assert run.termination is not None and run.termination["reason"] == "BucketMissing"
 
 
 def test_refused_credentials(

@@ -122,7 +122,8 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    # No sizeLimit: the directory format and parallel restores stage the whole artifact here.
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     for v in spec.volumes:
         mount: dict[str, Any] = {"name": v.name, "mountPath": v.mount_path,
                                  "readOnly": v.read_only}
