@@ -218,3 +218,28 @@ def test_verification_records_success_and_failure(app: App) -> None:
     assert result["backupName"] == "seed"
     # The scratch database was dropped after the checks.
     assert not app.database_exists(f"{app.database}_verify")
+
+
+def test_failed_verification_is_recorded(app: App) -> None:
+    app.create("backups", "seed", backup_spec(app, components=["database"]),
+               labels={"backup.northstar.io/schedule": "doubtful"})
+    assert app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]["phase"] == \
+        "Succeeded"
+    app.create("backupschedules", "doubtful", {
+        "schedule": "0 0 1 1 *",
+        "template": {"spec": backup_spec(app, components=["database"])},
+        "verification": {"schedule": "* * * * *", "database": f"{app.database}_scratch",
+                         "checks": ["SELECT count(*) = 0 FROM timesheets"]},
+    })
+
+    def verified() -> dict[str, Any] | None:
+        st = app.get("backupschedules", "doubtful").get("status") or {}
+        return st.get("lastVerification")
+
+    result = wait_for(verified, 200, interval=2, message="no restore test recorded")
+    assert result["result"] == "Failed", result
+    assert "count(*) = 0" in result["message"]
+    wait_for(lambda: any(e.reason == "VerificationFailed" and e.type == "Warning"
+                         for e in app.events("doubtful")), 30, message="no Warning Event")
+    # Dropped even though the check failed.
+    assert not app.database_exists(f"{app.database}_scratch")

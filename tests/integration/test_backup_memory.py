@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_backup_support import (
+from tests.support.agent import (
     AGENT,
     agent_env,
     backup_args,

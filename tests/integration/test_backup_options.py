@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.test_backup_support import (
+from tests.support import dbsnapshot
+from tests.support.agent import (
     agent_env,
     backup_args,
     db_snapshot,
@@ -14,7 +15,6 @@ from tests.integration.test_backup_support import (
     restore_args,
     run_agent,
 )
-from tests.support import dbsnapshot
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_backup_support import (
+from tests.support import dbsnapshot
+from tests.support.agent import (
     agent_env,
     backup_args,
     db_snapshot,
@@ -20,7 +21,6 @@ from tests.integration.test_backup_support import (
     restore_args,
     run_agent,
 )
-from tests.support import dbsnapshot
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 from tests.support.trees import assert_same_tree, snapshot_tree

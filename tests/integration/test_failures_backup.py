@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.test_backup_support import (
+from tests.support.agent import (
     AGENT,
     agent_env,
     assert_failed_cleanly,

@@ -14,10 +14,11 @@ from typing import Any
 import pyrage
 import pytest
 
-from tests.integration.test_backup_support import (
+from tests.support import dbsnapshot
+from tests.support.agent import (
     AGENT,
     agent_env,
-    backup_args,
+    backup,
     db_snapshot,
     manifest_key,
     new_identity,
@@ -25,28 +26,9 @@ from tests.integration.test_backup_support import (
     restore_args,
     run_agent,
 )
-from tests.support import dbsnapshot
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import Proxy, S3Server
 from tests.support.trees import HOSTILE_KINDS, make_hostile_tar, snapshot_tree
-
-
-def backup(
-    pg: PostgresServer,
-    s3: S3Server,
-    bucket: str,
-    db: str,
-    tmp_path: Path,
-    uploads: Path | None = None,
-    extra: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    run = run_agent(
-        backup_args(pg, s3, bucket, db, uploads, extra=extra),
-        agent_env(tmp_path, pg, s3),
-        tmp_path,
-    )
-    assert run.returncode == 0, run.describe()
-    return read_manifest(s3, bucket, manifest_key())
 
 
 def flip_byte(s3: S3Server, bucket: str, key: str, where: float = 0.5) -> None:

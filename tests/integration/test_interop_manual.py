@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_backup_support import (
+from tests.support import dbsnapshot
+from tests.support.agent import (
     agent_env,
     backup_args,
     db_snapshot,
@@ -30,7 +31,6 @@ from tests.integration.test_backup_support import (
     run_agent,
     s3_args,
 )
-from tests.support import dbsnapshot
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 from tests.support.trees import assert_same_tree, snapshot_tree

@@ -8,36 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_backup_support import (
+from tests.support import dbsnapshot
+from tests.support.agent import (
     agent_env,
+    backup,
     backup_args,
     db_snapshot,
     manifest_key,
     restore_args,
     run_agent,
 )
-from tests.support import dbsnapshot
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 from tests.support.trees import assert_same_tree, snapshot_tree
-
-
-def backup(
-    pg: PostgresServer,
-    s3: S3Server,
-    bucket: str,
-    db: str,
-    tmp_path: Path,
-    uploads: Path | None = None,
-    extra: tuple[str, ...] = (),
-    name: str = "nightly",
-) -> None:
-    run = run_agent(
-        backup_args(pg, s3, bucket, db, uploads, name=name, extra=extra),
-        agent_env(tmp_path, pg, s3),
-        tmp_path,
-    )
-    assert run.returncode == 0, run.describe()
 
 
 def restore(

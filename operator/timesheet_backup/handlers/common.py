@@ -60,10 +60,6 @@ def post_event(body: Mapping[str, Any], type_: Literal["Normal", "Warning"] | st
     kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1024])
 
 
-def is_terminal(body: Mapping[str, Any]) -> bool:
-    return (body.get("status") or {}).get("phase") in status.TERMINAL_PHASES
-
-
 def not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
     """kopf `when=` filter: only objects still at work need their timer."""
     return status.get("phase") not in ("Succeeded", "Failed")

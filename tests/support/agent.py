@@ -195,3 +195,24 @@ def assert_failed_cleanly(run: AgentRun, s3: S3Server, bucket: str, *, secret: s
     assert not [k for k in keys if k.endswith("manifest.json")], keys
     assert keys == [], keys
     assert s3.list_multipart_uploads(bucket) == []
+
+
+def backup(
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    db: str,
+    tmp_path: Path,
+    uploads: Path | None = None,
+    extra: tuple[str, ...] = (),
+    name: str = "nightly",
+) -> dict[str, Any]:
+    """A backup that must succeed; returns its manifest."""
+    run = run_agent(
+        backup_args(pg, s3, bucket, db, uploads, name=name, extra=extra),
+        agent_env(tmp_path, pg, s3),
+        tmp_path,
+    )
+    assert run.returncode == 0, run.describe()
+    return read_manifest(s3, bucket, manifest_key(name))
+
