@@ -7,11 +7,14 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv tools crds lint test test-unit test-integration test-e2e \
+.PHONY: help deps venv tools crds lint test test-unit test-integration test-e2e \
         cluster-up cluster-down operator-up demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+deps: ## Debian packages the tests and the demo need (no-op when installed)
+	bash tests/cluster/install-deps.sh
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,7 +46,7 @@ test-integration: $(STAMP) tools ## the agent against real PostgreSQL and S3 ser
 test-e2e: $(STAMP) tools ## the operator on the local control plane (started if not up)
 	$(VENV)/bin/pytest -m e2e tests/e2e
 
-test: lint test-unit test-integration test-e2e ## all tiers
+test: deps lint test-unit test-integration test-e2e ## all tiers
 
 cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
 	TOOLS_BIN=$$(bash tests/cluster/build-tools.sh | tail -1) bash tests/cluster/cluster-up.sh
@@ -51,7 +54,7 @@ cluster-up: $(STAMP) tools ## start the local control plane, node agent, Postgre
 operator-up: cluster-up ## the operator (via its chart) and the example app's namespace on the local cluster
 	$(PY) -m tests.cluster.operator_up
 
-demo: cluster-up ## a real backup and restore of sample timesheet data on the local cluster
+demo: deps cluster-up ## a real backup and restore of sample timesheet data on the local cluster
 	$(PY) -m tests.cluster.demo
 
 cluster-down: ## stop everything cluster-up started

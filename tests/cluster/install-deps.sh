@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Debian packages the test tiers and the demo need; a no-op when all are installed.
+# postgresql(-contrib): the real server of the integration and e2e tiers, pg_dump/pg_restore
+# and the citext extension of the sample schema; zstd, age, tar, gzip: the by-hand restore
+# recipes are tested with the standard tools; openssl: the control plane's certificates;
+# util-linux: unshare/runuser/setpriv/flock for the node agent and cluster-up; procps: pgrep.
+set -euo pipefail
+packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
