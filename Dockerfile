@@ -22,13 +22,15 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 zstd ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # A passwd entry for the non-root uid: libpq and others look the current user up.
-RUN useradd --uid 65532 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nonroot
+RUN useradd --uid 65532 --user-group --no-create-home --home-dir /scratch --shell /usr/sbin/nologin nonroot
 COPY --from=build /opt/venv /opt/venv
-# Read-only root filesystem: no bytecode writes; scratch space is the /tmp emptyDir.
+# Read-only root filesystem: no bytecode writes; scratch space is the /scratch emptyDir the
+# operator gives every pod.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp
+    HOME=/scratch \
+    TMPDIR=/scratch
 USER 65532:65532
 ENTRYPOINT ["timesheet-backup"]
 CMD ["--help"]

@@ -243,3 +243,37 @@ def test_failed_verification_is_recorded(app: App) -> None:
                          for e in app.events("doubtful")), 30, message="no Warning Event")
     # Dropped even though the check failed.
     assert not app.database_exists(f"{app.database}_scratch")
+
+
+def test_post_restore_hook_runs_after_the_data_is_back(app: App) -> None:
+    """A hook stands in for `flask db upgrade`: it changes the schema after the restore, and
+    runs while the app is still scaled down."""
+    app.create("backups", "pre-migration", backup_spec(app, components=["database"]))
+    assert app.wait_phase("backups", "pre-migration", ("Succeeded", "Failed"))["status"][
+        "phase"] == "Succeeded"
+    migrate = "CREATE TABLE public.schema_migrations (version text PRIMARY KEY); " \
+              "INSERT INTO public.schema_migrations VALUES ('2026_11_26_restore')"
+    app.create("restores", "migrate", {
+        "backupName": "pre-migration",
+        "quiesce": {"deployments": ["timesheet-web"]},
+        "hooks": {"postRestore": [{
+            "name": "db-upgrade",
+            "image": app.cluster.image,
+            "command": ["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-c", migrate],
+            "env": [
+                {"name": "PGHOST", "value": f"timesheet-db.{app.namespace}.svc"},
+                {"name": "PGDATABASE", "value": app.database},
+                {"name": "PGUSER", "value": app.pg_env["PGUSER"]},
+                {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
+                    "name": "timesheet-db", "key": "password"}}},
+            ],
+        }]},
+    })
+    rst = app.wait_phase("restores", "migrate", ("Succeeded", "Failed"), timeout=300)["status"]
+    assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
+    assert [s["name"] for s in rst["steps"]] == ["resolve", "wait", "quiesce", "restore",
+                                                 "hooks", "unquiesce"]
+    with app.connect() as conn:
+        rows = conn.execute("SELECT version FROM public.schema_migrations").fetchall()
+    assert rows == [("2026_11_26_restore",)]
+    assert app.web_replicas() == 1

@@ -44,7 +44,8 @@ def test_job_is_locked_down() -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
     }
-    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+    assert {"name": "TMPDIR", "value": "/scratch"} in container["env"]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == \
         "timesheet-backup-operator"

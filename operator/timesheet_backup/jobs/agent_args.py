@@ -10,7 +10,7 @@ from typing import Any
 
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
-from timesheet_backup.jobs.pod import TMP_MOUNT, UPLOADS_MOUNT, secret_env, storage_env
+from timesheet_backup.jobs.pod import SCRATCH_MOUNT, UPLOADS_MOUNT, secret_env, storage_env
 
 TERMINATION_LOG = "/dev/termination-log"
 IDENTITY_ENV = "TSB_AGE_IDENTITY"
@@ -45,7 +45,7 @@ def connection_args(db: Mapping[str, Any], name_flag: str) -> list[str]:
 
 
 def common_args() -> list[str]:
-    return [f"--termination-message-path={TERMINATION_LOG}", f"--work-dir={TMP_MOUNT}"]
+    return [f"--termination-message-path={TERMINATION_LOG}", f"--work-dir={SCRATCH_MOUNT}"]
 
 
 def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSpec) -> list[str]:

@@ -2,7 +2,7 @@
 
 Every Job the operator creates goes through `agent_job`, so the security defaults live in
 one place: non-root, read-only root filesystem, all capabilities dropped, RuntimeDefault
-seccomp, no service account token, no service links, an emptyDir for /tmp."""
+seccomp, no service account token, no service links, an emptyDir for scratch space."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from timesheet_backup.settings import OperatorConfig
 
 AGENT_UID = 65532
 UPLOADS_MOUNT = "/data/uploads"
-TMP_MOUNT = "/tmp"  # noqa: S108 (an emptyDir inside the pod, not the host's /tmp)
+# Scratch space (an emptyDir; TMPDIR points there). Not /tmp: a volume over /tmp would also
+# hide whatever lives below it, which on the e2e harness includes the agent's own code.
+SCRATCH_MOUNT = "/scratch"
 DEFAULT_DEADLINE_SECONDS = 3600
 DEFAULT_BACKOFF_LIMIT = 1
 MAX_NAME = 63
@@ -121,9 +123,9 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         "runAsGroup": AGENT_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_MOUNT}]
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
     # No sizeLimit: the directory format and parallel restores stage the whole artifact here.
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
     for v in spec.volumes:
         mount: dict[str, Any] = {"name": v.name, "mountPath": v.mount_path,
                                  "readOnly": v.read_only}
@@ -137,7 +139,7 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         "image": spec.image or config.image,
         "imagePullPolicy": config.image_pull_policy,
         "args": list(spec.args),
-        "env": [dict(e) for e in spec.env],
+        "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}, *(dict(e) for e in spec.env)],
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
