@@ -66,12 +66,6 @@ class Operator:
                            for c in p.status.conditions or [])]
         return running[0].metadata.name if running else None
 
-    def logs(self) -> str:
-        name = self.pod_name()
-        if not name:
-            return "(no operator pod)"
-        return "\n".join(self.cluster.pod_logs(self.namespace, name).values())
-
 
 def install_operator(cluster: Cluster, *extra: str) -> Operator:
     """`helm upgrade --install` the chart with the e2e image; wait for the pod."""
