@@ -23,6 +23,7 @@ from timesheet_backup.handlers.common import (
     not_terminal,
     now,
     post_event,
+    running_on,
     write,
 )
 from timesheet_backup.jobs import agent_args
@@ -62,17 +63,6 @@ def missing_secrets(namespace: str, spec: models.BackupSpec) -> list[str]:
         except LookupError as exc:
             problems.append(str(exc))
     return problems
-
-
-def running_restore(namespace: str, target: str | None) -> str | None:
-    """The name of a Restore at work on the same database target, if any."""
-    if target is None:
-        return None
-    for restore in kube.list_custom(namespace, c.PLURAL_RESTORE):
-        st = restore.get("status") or {}
-        if st.get("phase") in ("Running",) and st.get("databaseTarget") == target:
-            return str(restore["metadata"]["name"])
-    return None
 
 
 def manifest_key_of(body: Mapping[str, Any], spec: models.BackupSpec) -> str:
@@ -129,7 +119,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), event="Warning")
         return
     target = database_target(dump(spec.database)) if "database" in spec.components else None
-    blocker = running_restore(namespace, target)
+    blocker = running_on(namespace, c.PLURAL_RESTORE, target)
     if blocker:
         enter(body, patch, "Pending", "WaitingForRestore",
               f"waiting for Restore {blocker} of the same database to finish")

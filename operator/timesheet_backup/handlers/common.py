@@ -8,7 +8,7 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from timesheet_backup import status
+from timesheet_backup import kube, status
 from timesheet_backup.settings import OperatorConfig
 
 # Injected so tests of the pure parts can pin time; handlers always go through `now()`.
@@ -70,3 +70,15 @@ def database_target(database: Mapping[str, Any] | None) -> str | None:
     if not database or not database.get("host") or not database.get("name"):
         return None
     return f"{database['host']}:{database.get('port') or 5432}/{database['name']}"
+
+
+def running_on(namespace: str, plural: str, target: str | None) -> str | None:
+    """The name of a Backup or Restore (`plural`) Running against the same database target,
+    if any: the lock that keeps one Job at a time per database."""
+    if target is None:
+        return None
+    for obj in kube.list_custom(namespace, plural):
+        st = obj.get("status") or {}
+        if st.get("phase") == "Running" and st.get("databaseTarget") == target:
+            return str(obj["metadata"]["name"])
+    return None

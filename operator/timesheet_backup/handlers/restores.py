@@ -29,6 +29,7 @@ from timesheet_backup.handlers.common import (
     not_terminal,
     now,
     post_event,
+    running_on,
     write,
 )
 from timesheet_backup.jobs import agent_args
@@ -154,16 +155,6 @@ def check_secrets(namespace: str, resolved: Mapping[str, Any],
 
 
 # --- steps ----------------------------------------------------------------------------------
-
-
-def running_backup(namespace: str, target: str | None) -> str | None:
-    if target is None:
-        return None
-    for backup in kube.list_custom(namespace, c.PLURAL_BACKUP):
-        st = backup.get("status") or {}
-        if st.get("phase") == "Running" and st.get("databaseTarget") == target:
-            return str(backup["metadata"]["name"])
-    return None
 
 
 def quiesce(namespace: str, restore: str, names: list[str]) -> list[dict[str, Any]]:
@@ -384,7 +375,7 @@ class Machine:
 
     def step_wait(self) -> None:
         target = database_target((self.st.get("resolved") or {}).get("database"))
-        blocker = running_backup(self.namespace, target)
+        blocker = running_on(self.namespace, c.PLURAL_BACKUP, target)
         if blocker:
             enter(self.body, self.patch, "Waiting", "WaitingForBackup",
                   f"waiting for Backup {blocker} of the same database to finish",

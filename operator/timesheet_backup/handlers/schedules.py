@@ -18,6 +18,7 @@ from timesheet_backup.handlers.common import (
     database_target,
     now,
     post_event,
+    running_on,
     write,
 )
 from timesheet_backup.jobs.pod import owner_reference
@@ -92,16 +93,6 @@ def _active(backups: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("Succeeded", "Failed") and not b["metadata"].get("deletionTimestamp")]
 
 
-def _restore_running(namespace: str, target: str | None) -> str | None:
-    if target is None:
-        return None
-    for restore in kube.list_custom(namespace, c.PLURAL_RESTORE):
-        st = restore.get("status") or {}
-        if st.get("phase") == "Running" and st.get("databaseTarget") == target:
-            return str(restore["metadata"]["name"])
-    return None
-
-
 def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
                  backups: list[dict[str, Any]], fields: dict[str, Any]) -> str | None:
     """Create the due Backup, if any; returns a message when a due run was skipped."""
@@ -130,7 +121,7 @@ def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         return f"cannot create a Backup: {exc}"
     target = database_target(dump(resolved.database)) \
         if "database" in resolved.components else None
-    blocker = _restore_running(meta["namespace"], target)
+    blocker = running_on(meta["namespace"], c.PLURAL_RESTORE, target)
     if blocker:
         return f"skipped a run: Restore {blocker} of the same database is running"
     if active and spec.concurrency_policy == "Replace":
