@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -27,10 +28,27 @@ from timesheet_backup.status import condition, merge_conditions, parse_time, tim
 
 TICK_SECONDS = 10.0
 KEEP_VERIFICATIONS = 3
+CANNOT_CREATE = "cannot create a Backup"
+
+# Argo CD's tracking label (its default `application.instanceLabelKey`) and annotations. A
+# Backup created by a schedule must not carry them (e.g. copied into the template from a
+# chart's common labels): Argo CD would count it as part of the app, report it as extraneous
+# and, with auto-prune, delete it -- and through its deletion policy its objects in the bucket.
+ARGOCD_INSTANCE_LABEL = "app.kubernetes.io/instance"
+ARGOCD_ANNOTATION_PREFIX = "argocd.argoproj.io/"
 
 
 def _labels(schedule: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**(extra or {}), c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SCHEDULE: schedule}
+
+
+def untracked_metadata(labels: Mapping[str, str] | None,
+                       annotations: Mapping[str, str] | None
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+    """Template labels and annotations without Argo CD's tracking keys."""
+    return ({k: v for k, v in (labels or {}).items() if k != ARGOCD_INSTANCE_LABEL},
+            {k: v for k, v in (annotations or {}).items()
+             if not k.startswith(ARGOCD_ANNOTATION_PREFIX)})
 
 
 def backup_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
@@ -38,13 +56,14 @@ def backup_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
     meta = schedule["metadata"]
     template = spec.template
     tmeta = template.metadata or models.TemplateMetadata()
+    labels, annotations = untracked_metadata(tmeta.labels, tmeta.annotations)
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": meta["namespace"],
-        "labels": _labels(meta["name"], tmeta.labels),
+        "labels": _labels(meta["name"], labels),
     }
-    if tmeta.annotations:
-        metadata["annotations"] = dict(tmeta.annotations)
+    if annotations:
+        metadata["annotations"] = annotations
     if spec.backup_owner_reference == "schedule":
         ref = owner_reference(schedule)
         ref["controller"] = False
@@ -118,7 +137,7 @@ def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         resolved = resolve_backup(dump(spec.template.spec) if spec.template.spec else {},
                                   config().defaults)
     except (ResolveError, SpecError) as exc:
-        return f"cannot create a Backup: {exc}"
+        return f"{CANNOT_CREATE}: {exc}"
     target = database_target(dump(resolved.database)) \
         if "database" in resolved.components else None
     blocker = running_on(meta["namespace"], c.PLURAL_RESTORE, target)
@@ -132,6 +151,35 @@ def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         post_event(body, "Normal", reason="BackupCreated", message=f"created Backup {name}")
     fields["lastBackup"] = name
     return None
+
+
+def last_run_condition(backups: list[dict[str, Any]],
+                       conditions: list[dict[str, Any]] | None, create_error: str | None,
+                       clock: datetime, generation: int | None) -> dict[str, Any]:
+    """The schedule's `Failed` condition: True while its last run failed -- the newest
+    finished Backup failed, or no Backup could be created -- until a Backup that finished
+    after the failure succeeds. (A failed Backup pruned by retention, `keepFailed: 0`, so
+    does not clear it: only a later success does.)"""
+    previous = next((x for x in conditions or [] if x.get("type") == "Failed"), None)
+    if create_error:
+        return condition("Failed", "True", "BackupNotCreated", create_error, clock, generation)
+    finished = [b for b in backups
+                if (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+    if not finished:
+        return {**previous, "observedGeneration": generation} if previous else condition(
+            "Failed", "False", "NoRunYet", "no Backup has finished yet", clock, generation)
+    newest = max(finished, key=lambda b: (_time_of(b), b["metadata"]["name"]))
+    name, st = newest["metadata"]["name"], newest["status"]
+    if st["phase"] == "Failed":
+        return condition("Failed", "True", "BackupFailed",
+                         f"Backup {name} failed: {st.get('message') or 'no message'}",
+                         clock, generation)
+    failed_since = parse_time(previous.get("lastTransitionTime")) \
+        if previous and previous.get("status") == "True" else None
+    if previous and failed_since and _time_of(newest) < failed_since:
+        return {**previous, "observedGeneration": generation}
+    return condition("Failed", "False", "BackupSucceeded", f"Backup {name} succeeded", clock,
+                     generation)
 
 
 def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
@@ -237,6 +285,8 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     else:
         ready = condition("Ready", "True", "Scheduled",
                           f"next run {fields.get('nextScheduleTime')}", now(), generation)
-    fields["conditions"] = merge_conditions(st.get("conditions"), [ready])
+    create_error = skipped if skipped and skipped.startswith(CANNOT_CREATE) else None
+    failed = last_run_condition(backups, st.get("conditions"), create_error, now(), generation)
+    fields["conditions"] = merge_conditions(st.get("conditions"), [ready, failed])
     fields["message"] = skipped
     write(patch, fields)
