@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from typing import Any, cast
@@ -24,6 +25,26 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure_logging(verbose: bool) -> None:
+    """TSB_LOG_FORMAT=json gives one JSON object per line (kopf's formatter, which adds the
+    object's namespace and name), for log pipelines; text is for people. TSB_LOG_LEVEL sets
+    the level (--verbose forces DEBUG)."""
+    import kopf
+
+    fmt = os.environ.get("TSB_LOG_FORMAT", "text").lower()
+    level = "DEBUG" if verbose else os.environ.get("TSB_LOG_LEVEL", "INFO").upper()
+    if fmt not in LOG_FORMATS or level not in LOG_LEVELS:
+        raise SystemExit(f"error: TSB_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} and "
+                         f"TSB_LOG_LEVEL one of {', '.join(LOG_LEVELS)}")
+    kopf.configure(log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.FULL,
+                   log_refkey="k8s" if fmt == "json" else None)
+    logging.getLogger().setLevel(level)
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -34,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except (SpecError, OSError) as exc:
         print(f"error: invalid operator configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     namespaces = args.namespace or config.namespaces
     kopf.run(
         # kopf derives its identity from the login name by default, which fails for a uid

@@ -1,5 +1,5 @@
 """kopf handlers, one module per resource. Importing this package registers them all."""
 
-from timesheet_backup.handlers import backups, restores, schedules, startup
+from timesheet_backup.handlers import backups, metrics, restores, schedules, startup
 
-__all__ = ["backups", "restores", "schedules", "startup"]
+__all__ = ["backups", "metrics", "restores", "schedules", "startup"]

@@ -1,0 +1,66 @@
+"""Feed the metrics store from watch events and serve /metrics (see timesheet_backup.metrics).
+
+Watch events, not timers: timers stop once an object is finished, but the metrics need every
+object, finished ones most of all, and need to forget deleted ones at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from prometheus_client import REGISTRY, start_http_server
+
+from timesheet_backup import constants as c
+from timesheet_backup.handlers.common import now
+from timesheet_backup.metrics import STORE, StoreCollector
+
+log = logging.getLogger(__name__)
+
+# host:port to serve /metrics on; empty disables. The chart sets it from metrics.port.
+ADDRESS_ENV = "TSB_METRICS_ADDRESS"
+DEFAULT_ADDRESS = "0.0.0.0:8080"
+_serving = False
+
+
+def _key(body: kopf.Body) -> tuple[str, str]:
+    return (body.metadata.namespace or "", body.metadata.name or "")
+
+
+@kopf.on.startup()
+def serve_metrics(**_: Any) -> None:
+    global _serving
+    address = os.environ.get(ADDRESS_ENV, DEFAULT_ADDRESS)
+    if not address or _serving:
+        return
+    host, _sep, port = address.rpartition(":")
+    REGISTRY.register(StoreCollector(STORE))
+    # In a pod every interface is the pod's own; the chart's NetworkPolicy narrows who asks.
+    start_http_server(int(port), addr=host or "0.0.0.0")  # noqa: S104
+    _serving = True
+    log.info("serving Prometheus metrics on %s/metrics", address)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_BACKUP)
+def backup_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        STORE.forget(c.KIND_BACKUP, _key(body))
+    else:
+        STORE.observe_backup(_key(body), body)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_RESTORE)
+def restore_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        STORE.forget(c.KIND_RESTORE, _key(body))
+    else:
+        STORE.observe_restore(_key(body), body)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_SCHEDULE)
+def schedule_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        STORE.forget(c.KIND_SCHEDULE, _key(body))
+    else:
+        STORE.observe_schedule(_key(body), body, now())
