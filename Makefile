@@ -33,9 +33,10 @@ crds: $(STAMP) ## regenerate crds/, the chart's copy and docs/api.md from the AP
 	$(PY) -m timesheet_backup.api.crds charts/timesheet-backup-operator/crds
 	$(PY) -m timesheet_backup.api.docs docs/api.md
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and hadolint
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 test-unit: $(STAMP) ## pure code, no services
 	$(VENV)/bin/pytest -m unit tests/unit

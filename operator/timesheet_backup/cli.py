@@ -1,5 +1,5 @@
 """The `timesheet-backup` command: `operator` runs the kopf operator, `agent` is what Job pods run,
-`catalog` reads a bucket without a cluster."""
+`catalog` reads a bucket without a cluster, `crds` prints or applies the CRDs."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesheet-backup", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from timesheet_backup import operator_cli
+    from timesheet_backup import crds_cli, operator_cli
     from timesheet_backup.agent import cli as agent_cli
 
     operator_cli.add_parser(commands)
     agent_cli.add_parsers(commands)
+    crds_cli.add_parser(commands)
     return parser
 
 

@@ -183,3 +183,79 @@ def namespace_terminating(name: str) -> bool:
             return True
         raise
     return namespace.metadata.deletion_timestamp is not None
+
+
+def apply_crd(body: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+    """Server-side apply of a CustomResourceDefinition (creates it when missing).
+
+    `force`: this command is the CRDs' owner; fields another manager set (helm's install
+    from crds/, a manual `kubectl apply`) are taken over instead of failing with a conflict."""
+    result = kubernetes.client.ApiextensionsV1Api(api()).patch_custom_resource_definition(
+        body["metadata"]["name"], dict(body), field_manager=field_manager, force=True,
+        _content_type="application/apply-patch+yaml")
+    return dict(_plain(result))
+
+
+def get_crd(name: str) -> dict[str, Any] | None:
+    try:
+        result = kubernetes.client.ApiextensionsV1Api(api()).read_custom_resource_definition(name)
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return dict(_plain(result))
+
+
+# Lease calls must return within the renew deadline, or a hung connection would keep a
+# leader acting after it could no longer prove it holds the Lease.
+LEASE_REQUEST_TIMEOUT = 5.0
+
+
+def coordination() -> Any:
+    return kubernetes.client.CoordinationV1Api(api())
+
+
+def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
+    """The leader-election Lease, or None when nobody created it yet."""
+    try:
+        return dict(_plain(coordination().read_namespaced_lease(
+            name, namespace, _request_timeout=LEASE_REQUEST_TIMEOUT)))
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+
+
+def create_lease(namespace: str, name: str, spec: Mapping[str, Any]) -> bool:
+    """False when another replica created it first."""
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY}},
+            "spec": dict(spec)}
+    try:
+        coordination().create_namespaced_lease(namespace, body,
+                                                _request_timeout=LEASE_REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def replace_lease(namespace: str, name: str, resource_version: str,
+                  spec: Mapping[str, Any]) -> bool:
+    """Write the Lease only if nobody changed it since `resource_version` was read
+    (optimistic concurrency: two candidates cannot both win); False on a conflict."""
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace,
+                         "resourceVersion": resource_version,
+                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY}},
+            "spec": dict(spec)}
+    try:
+        coordination().replace_namespaced_lease(name, namespace, body,
+                                                 _request_timeout=LEASE_REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True

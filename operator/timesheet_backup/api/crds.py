@@ -131,6 +131,10 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
         "metadata": {
             "name": f"{definition.plural}.{c.GROUP}",
             "labels": {"app.kubernetes.io/part-of": c.MANAGED_BY},
+            # Uninstalling the chart must never delete the CRDs: that would delete every
+            # Backup, Restore and BackupSchedule with them (and, through the Backups'
+            # deletion policy, the objects in the bucket).
+            "annotations": {"helm.sh/resource-policy": "keep"},
         },
         "spec": {
             "group": c.GROUP,
