@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from typing import Any, cast
 
@@ -20,7 +19,11 @@ def add_parser(commands: Any) -> None:
                         help="watch this namespace (repeatable); default: TSB_NAMESPACES, "
                              "else all namespaces")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
-                        help="liveness probe endpoint (empty to disable)")
+                        help="probe endpoint for liveness and readiness (empty to disable)")
+    parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="act only while holding a Lease in POD_NAMESPACE, so that "
+                             "several replicas can run; default: TSB_LEADER_ELECTION, else off")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(run=run)
 
@@ -49,21 +52,45 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     import timesheet_backup.handlers  # noqa: F401  (registers the handlers)
+    from timesheet_backup.election import Elector, Health, exit_on_lost
+    from timesheet_backup.leader import Timing
 
     try:
         config = settings.load()
     except (SpecError, OSError) as exc:
         print(f"error: invalid operator configuration: {exc}", file=sys.stderr)
         return 2
+    try:
+        election = settings.leader_election(enabled=args.leader_election)
+    except SpecError as exc:
+        print(f"error: invalid leader election settings: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.verbose)
     namespaces = args.namespace or config.namespaces
-    kopf.run(
-        # kopf derives its identity from the login name by default, which fails for a uid
-        # without a passwd entry (the image's non-root 65532): name it after the pod.
-        identity=cast(Any, socket.gethostname()),  # kopf's Identity is a NewType of str
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness or None,
-    )
+    # Our own probe endpoint instead of kopf's: a candidate waiting for the Lease must answer
+    # probes before kopf starts (see election.Health for what it reports).
+    health = Health(args.liveness, election.identity) if args.liveness else None
+    elector = None
+    if election.enabled:
+        elector = Elector(election.namespace, election.lease_name, election.identity,
+                          Timing(election.lease_duration, election.renew_deadline,
+                                 election.retry_period))
+        elector.acquire()
+        elector.keep_renewing(on_lost=exit_on_lost)
+    if health is not None:
+        health.role = "leader" if elector else "standalone"
+    try:
+        kopf.run(
+            # kopf derives its identity from the login name by default, which fails for a
+            # uid without a passwd entry (the image's non-root 65532): name it after the pod.
+            identity=cast(Any, election.identity),  # kopf's Identity is a NewType of str
+            # The Lease, not kopf's peering, keeps other replicas from acting.
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            ready_flag=health.ready if health else None,
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return 0

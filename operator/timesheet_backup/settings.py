@@ -11,6 +11,7 @@ The `defaults` section fills what a Backup leaves unset, so a minimal Backup is 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,53 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     if env.get("TSB_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["TSB_NAMESPACES"].split(",") if n.strip()]
     return parse(OperatorConfig, data, path="config")
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Leader election over a Lease (see election.py), from the environment the chart sets:
+    `TSB_LEADER_ELECTION` (true/false), the Lease's namespace `POD_NAMESPACE` (downward API)
+    and name `TSB_LEADER_ELECTION_LEASE`, this replica's identity `POD_NAME` (else the host
+    name), and `TSB_LEASE_DURATION`/`TSB_RENEW_DEADLINE`/`TSB_RETRY_PERIOD` in seconds."""
+
+    enabled: bool
+    namespace: str
+    lease_name: str
+    identity: str
+    lease_duration: float
+    renew_deadline: float
+    retry_period: float
+
+
+DEFAULT_LEASE_NAME = "timesheet-backup-operator"
+
+
+def leader_election(environ: Mapping[str, str] | None = None,
+                    enabled: bool | None = None) -> LeaderElection:
+    """`enabled` (the command line) wins over TSB_LEADER_ELECTION; off by default, so a
+    local `timesheet-backup operator` run needs no Lease. Raises SpecError for bad values."""
+    env = os.environ if environ is None else environ
+    if enabled is None:
+        flag = env.get("TSB_LEADER_ELECTION", "false").strip().lower()
+        if flag not in ("true", "false", "1", "0", ""):
+            raise SpecError(f"TSB_LEADER_ELECTION must be true or false, not {flag!r}")
+        enabled = flag in ("true", "1")
+    namespace = env.get("POD_NAMESPACE", "")
+    if enabled and not namespace:
+        raise SpecError("leader election needs the Lease's namespace in POD_NAMESPACE")
+
+    def seconds(variable: str, default: float) -> float:
+        try:
+            return float(env.get(variable) or default)
+        except ValueError:
+            raise SpecError(f"{variable} must be a number of seconds") from None
+
+    return LeaderElection(
+        enabled=enabled,
+        namespace=namespace,
+        lease_name=env.get("TSB_LEADER_ELECTION_LEASE") or DEFAULT_LEASE_NAME,
+        identity=env.get("POD_NAME") or socket.gethostname(),
+        lease_duration=seconds("TSB_LEASE_DURATION", 15.0),
+        renew_deadline=seconds("TSB_RENEW_DEADLINE", 10.0),
+        retry_period=seconds("TSB_RETRY_PERIOD", 2.0),
+    )
