@@ -121,7 +121,8 @@ def test_invalid_manifest_is_refused(crds: Cluster, space: str, kind: str,
 
 
 @pytest.mark.parametrize("example", ["backup.yaml", "schedule.yaml", "restore.yaml",
-                                     "restore-from-bucket.yaml"])
+                                     "restore-from-bucket.yaml", "quickstart/postgres.yaml",
+                                     "quickstart/s3.yaml"])
 def test_examples_are_accepted(crds: Cluster, space: str, example: str) -> None:
     text = (REPO_ROOT / "examples" / example).read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
