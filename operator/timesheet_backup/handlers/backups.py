@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from botocore.exceptions import BotoCoreError, ClientError
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
@@ -20,10 +21,10 @@ from timesheet_backup.handlers.common import (
     config,
     database_target,
     enter,
+    lock_database,
     not_terminal,
     now,
     post_event,
-    running_on,
     write,
 )
 from timesheet_backup.jobs import agent_args
@@ -119,10 +120,11 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), event="Warning")
         return
     target = database_target(dump(spec.database)) if "database" in spec.components else None
-    blocker = running_on(namespace, c.PLURAL_RESTORE, target)
+    blocker = lock_database(namespace, target, c.PLURAL_BACKUP, meta["name"],
+                            (c.PLURAL_RESTORE,))
     if blocker:
         enter(body, patch, "Pending", "WaitingForRestore",
-              f"waiting for Restore {blocker} of the same database to finish")
+              f"waiting for {blocker} of the same database to finish")
         return
     manifest = backup_job(body, spec, node_of_claim_user(namespace, spec))
     kube.create_job(manifest)
@@ -134,6 +136,27 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
           schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE))
 
 
+def discard_incomplete_uploads(body: Mapping[str, Any]) -> None:
+    """The Job has ended: abort multipart uploads a killed agent left open (best effort; a
+    failure here must not keep the Backup from its outcome)."""
+    st = body.get("status") or {}
+    namespace = body["metadata"]["namespace"]
+    try:
+        spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
+        if spec.storage is None or not st.get("manifestKey"):
+            return
+        aborted = bucket.abort_incomplete_uploads(bucket.open_store(spec.storage, namespace),
+                                                  st["manifestKey"])
+    except (LookupError, AgentError, SpecError, BotoCoreError, ClientError) as exc:
+        log.warning("backup %s/%s: cannot check for incomplete uploads: %s", namespace,
+                    body["metadata"]["name"], exc)
+        return
+    if aborted:
+        post_event(body, "Normal", "UploadsAborted",
+                   f"aborted {len(aborted)} incomplete upload(s) left by an interrupted agent: "
+                   f"{', '.join(sorted(set(aborted)))}")
+
+
 def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     st = body.get("status") or {}
     namespace = body["metadata"]["namespace"]
@@ -142,6 +165,7 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     outcome = job_outcome(job, pods, now())
     if outcome.state == "running":
         return
+    discard_incomplete_uploads(body)
     if outcome.state == "failed":
         enter(body, patch, "Failed", outcome.reason, outcome.message, event="Warning")
         return

@@ -5,6 +5,8 @@ the operator pod's cloud identity when the storage names no Secret."""
 
 from __future__ import annotations
 
+from botocore.exceptions import ClientError
+
 from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.storage import manifest as manifests
@@ -56,3 +58,22 @@ def delete_backup_objects(store: S3Store, manifest_key: str) -> int:
     if rest:
         store.delete(rest)
     return len(keys)
+
+
+def abort_incomplete_uploads(store: S3Store, manifest_key: str) -> list[str]:
+    """Abort the multipart uploads left open in the backup's directory; returns their keys.
+
+    An agent that is killed (SIGKILL, a lost node) cannot abort its upload, and S3 keeps the
+    parts, invisible and billed, until a lifecycle rule removes them. Called once the backup's
+    Job has ended, when no agent of this backup can still be uploading."""
+    directory = dir_of_manifest(manifest_key)
+    aborted = []
+    for key, upload_id in store.list_multipart_uploads(directory):
+        try:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=key,
+                                                UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+        aborted.append(key)
+    return aborted

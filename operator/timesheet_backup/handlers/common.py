@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import kopf
 
+from timesheet_backup import constants as c
 from timesheet_backup import kube, status
 from timesheet_backup.settings import OperatorConfig
 
@@ -72,13 +75,49 @@ def database_target(database: Mapping[str, Any] | None) -> str | None:
     return f"{database['host']}:{database.get('port') or 5432}/{database['name']}"
 
 
-def running_on(namespace: str, plural: str, target: str | None) -> str | None:
+def running_on(namespace: str, plural: str, target: str | None,
+               exclude: str | None = None) -> str | None:
     """The name of a Backup or Restore (`plural`) Running against the same database target,
-    if any: the lock that keeps one Job at a time per database."""
+    if any (other than `exclude`): the lock that keeps one Job at a time per database."""
     if target is None:
         return None
     for obj in kube.list_custom(namespace, plural):
         st = obj.get("status") or {}
-        if st.get("phase") == "Running" and st.get("databaseTarget") == target:
-            return str(obj["metadata"]["name"])
+        name = str(obj["metadata"]["name"])
+        if st.get("phase") == "Running" and st.get("databaseTarget") == target \
+                and name != exclude:
+            return name
     return None
+
+
+# A handler's decision to start work on a database reaches the API server only when kopf
+# applies its status patch, after the handler returned; handlers run concurrently (kopf's
+# thread pool), so a Backup and a Restore could both find the database free in the same tick.
+# The check and a claim held in this process until the patch has surely landed are made under
+# one lock. One process acts at a time (leader election), so in-process claims suffice.
+CLAIM_SECONDS = 30.0
+_claims_lock = threading.Lock()
+_claims: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
+_KINDS = {c.PLURAL_BACKUP: c.KIND_BACKUP, c.PLURAL_RESTORE: c.KIND_RESTORE}
+
+
+def lock_database(namespace: str, target: str | None, plural: str, name: str,
+                  blockers: tuple[str, ...]) -> str | None:
+    """Claim the database `target` for the Backup or Restore `plural`/`name`, unless one of
+    the kinds in `blockers` runs on it or claimed it: then return that one ("Restore x")."""
+    if target is None:
+        return None
+    with _claims_lock:
+        moment = time.monotonic()
+        claims = [cl for cl in _claims.get((namespace, target), []) if cl[2] > moment]
+        for claim_plural, claim_name, _expiry in claims:
+            if claim_plural in blockers and (claim_plural, claim_name) != (plural, name):
+                return f"{_KINDS[claim_plural]} {claim_name}"
+        for blocker in blockers:
+            found = running_on(namespace, blocker, target,
+                               exclude=name if blocker == plural else None)
+            if found:
+                return f"{_KINDS[blocker]} {found}"
+        claims = [cl for cl in claims if (cl[0], cl[1]) != (plural, name)]
+        _claims[(namespace, target)] = [*claims, (plural, name, moment + CLAIM_SECONDS)]
+        return None

@@ -26,10 +26,10 @@ from timesheet_backup.handlers.common import (
     config,
     database_target,
     enter,
+    lock_database,
     not_terminal,
     now,
     post_event,
-    running_on,
     write,
 )
 from timesheet_backup.jobs import agent_args
@@ -165,8 +165,20 @@ def quiesce(namespace: str, restore: str, names: list[str]) -> list[dict[str, An
         if deployment is None:
             raise RestoreFailed("DeploymentNotFound", f"Deployment {name} to quiesce not found")
         annotations = deployment["metadata"].get("annotations") or {}
-        if annotations.get(ANNOTATION_QUIESCED_BY) == restore:
+        owner = annotations.get(ANNOTATION_QUIESCED_BY)
+        if owner and owner != restore and restore_active(namespace, owner):
+            raise QuiesceBusy(f"waiting for Restore {owner}, which scaled Deployment {name} "
+                              "down, to give it back")
+        if owner == restore:
             replicas = int(annotations.get(ANNOTATION_REPLICAS, "1"))
+        elif owner:
+            # Left by a Restore that is gone: its record of the replicas is the true one
+            # (the Deployment is at 0 because of it), so keep the count and take it over.
+            replicas = int(annotations.get(ANNOTATION_REPLICAS, "1"))
+            kube.patch_deployment(namespace, name, {
+                "metadata": {"annotations": {ANNOTATION_QUIESCED_BY: restore}},
+                "spec": {"replicas": 0},
+            })
         else:
             replicas = int(deployment["spec"].get("replicas", 1))
             kube.patch_deployment(namespace, name, {
@@ -176,6 +188,17 @@ def quiesce(namespace: str, restore: str, names: list[str]) -> list[dict[str, An
             })
         recorded.append({"name": name, "replicas": replicas})
     return recorded
+
+
+class QuiesceBusy(Exception):
+    """Another Restore still holds a Deployment scaled down: wait for it."""
+
+
+def restore_active(namespace: str, name: str) -> bool:
+    restore = kube.get_custom(namespace, c.PLURAL_RESTORE, name)
+    if restore is None or restore.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return (restore.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def pods_left(namespace: str, names: list[str]) -> list[str]:
@@ -375,10 +398,14 @@ class Machine:
 
     def step_wait(self) -> None:
         target = database_target((self.st.get("resolved") or {}).get("database"))
-        blocker = running_on(self.namespace, c.PLURAL_BACKUP, target)
+        # Other Restores of the database too: two would undo each other's work.
+        blocker = lock_database(self.namespace, target, c.PLURAL_RESTORE, self.name,
+                                (c.PLURAL_BACKUP, c.PLURAL_RESTORE))
         if blocker:
-            enter(self.body, self.patch, "Waiting", "WaitingForBackup",
-                  f"waiting for Backup {blocker} of the same database to finish",
+            enter(self.body, self.patch, "Waiting",
+                  "WaitingForBackup" if blocker.startswith(c.KIND_BACKUP) else
+                  "WaitingForRestore",
+                  f"waiting for {blocker} of the same database to finish",
                   currentStep="wait")
             return
         self.finish_step("wait", "Succeeded")
@@ -388,7 +415,11 @@ class Machine:
             self.goto("restore", "restoring")
 
     def step_quiesce(self) -> None:
-        recorded = quiesce(self.namespace, self.name, self.deployments)
+        try:
+            recorded = quiesce(self.namespace, self.name, self.deployments)
+        except QuiesceBusy as exc:
+            write(self.patch, {"message": str(exc)})
+            return
         write(self.patch, {"quiesced": recorded})
         left = pods_left(self.namespace, self.deployments)
         if left:

@@ -1,0 +1,64 @@
+"""The per-database lock between Backups and Restores (handlers.common.lock_database): the API
+shows what runs; in-process claims cover decisions whose status patch has not landed yet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from timesheet_backup.handlers import common
+
+pytestmark = pytest.mark.unit
+
+TARGET = "db:5432/timesheet"
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[dict[str, Any]]]:
+    """What the API server lists, by plural (a stand-in for kube.list_custom)."""
+    objects: dict[str, list[dict[str, Any]]] = {"backups": [], "restores": []}
+    monkeypatch.setattr(common.kube, "list_custom", lambda ns, plural: objects[plural])
+    monkeypatch.setattr(common, "_claims", {})
+    return objects
+
+
+def running(name: str, target: str = TARGET) -> dict[str, Any]:
+    return {"metadata": {"name": name},
+            "status": {"phase": "Running", "databaseTarget": target}}
+
+
+def test_a_claim_blocks_the_other_kind_before_its_status_lands(
+        api: dict[str, list[dict[str, Any]]]) -> None:
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
+    blocker = common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores"))
+    assert blocker == "Backup b1"
+    # Backups do not wait for each other; a claim does not block its owner.
+    assert common.lock_database("ns", TARGET, "backups", "b2", ("restores",)) is None
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
+
+
+def test_a_restore_blocks_backups_and_other_restores(
+        api: dict[str, list[dict[str, Any]]]) -> None:
+    assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) == "Restore r1"
+    assert common.lock_database("ns", TARGET, "restores", "r2",
+                                ("backups", "restores")) == "Restore r1"
+
+
+def test_running_objects_block_and_a_restore_does_not_block_itself(
+        api: dict[str, list[dict[str, Any]]]) -> None:
+    api["restores"].append(running("r1"))
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) == "Restore r1"
+    assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
+
+
+def test_other_targets_namespaces_and_expired_claims_do_not_block(
+        api: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    api["restores"].append(running("r1", target="other:5432/db"))
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
+    assert common.lock_database("other-ns", TARGET, "restores", "r1",
+                                ("backups", "restores")) is None
+    assert common.lock_database("ns", None, "restores", "r2", ("backups",)) is None
+    monkeypatch.setattr(common.time, "monotonic", lambda: 10.0**9)
+    assert common.lock_database("ns", TARGET, "restores", "r3", ("backups", "restores")) is None
