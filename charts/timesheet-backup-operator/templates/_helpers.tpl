@@ -57,3 +57,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* Labels of the hook and test pods: deliberately NOT the operator's selector labels, so
+     the operator's Deployment (which would adopt a bare Pod matching its selector), its
+     Services and its NetworkPolicy never select them. Argument: (list $ "component"). */}}
+{{- define "tsb.auxLabels" -}}
+{{- $ctx := index . 0 -}}
+{{- $component := index . 1 -}}
+app.kubernetes.io/name: {{ include "tsb.name" $ctx }}-{{ $component }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ $component }}
+app.kubernetes.io/part-of: {{ include "tsb.name" $ctx }}
+app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" $ctx.Chart.Name $ctx.Chart.Version }}
+{{- end -}}
