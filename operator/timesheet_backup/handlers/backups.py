@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.agent.errors import AgentError, MissingBucket
+from timesheet_backup.agent.errors import AgentError, ConfigError, MissingBucket
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
@@ -112,7 +112,10 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     namespace = meta["namespace"]
     try:
         spec = resolve_backup(body.get("spec"), config().defaults)
-    except (ResolveError, SpecError) as exc:
+        # Before the Job: a prefix the schema lets through but the key layout refuses (a
+        # `..` segment) must fail the Backup, not crash this handler after the Job started.
+        manifest_key = manifest_key_of(body, spec)
+    except (ResolveError, SpecError, ConfigError) as exc:
         enter(body, patch, "Failed", "InvalidSpec", str(exc), event="Warning")
         return
     problems = missing_secrets(namespace, spec)
@@ -131,7 +134,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     job_name = manifest["metadata"]["name"]
     enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started",
           event="Normal", jobName=job_name, startTime=timestamp(now()), backupId=meta["uid"],
-          manifestKey=manifest_key_of(body, spec), components=",".join(spec.components),
+          manifestKey=manifest_key, components=",".join(spec.components),
           databaseTarget=target, resolved=dump(spec),
           schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE))
 
