@@ -161,16 +161,18 @@ class Health:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # probes every few seconds would drown the operator's log
 
+        host = parts.hostname or "0.0.0.0"  # noqa: S104  (a probe endpoint)
+
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
             def server_bind(self) -> None:
                 if hasattr(socket, "SO_REUSEPORT"):
                     self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 super().server_bind()
 
-        address = (parts.hostname or "0.0.0.0", parts.port or 8081)  # noqa: S104  (a probe)
-        self.server = Server(address, Handler)
+        self.server = Server((host, parts.port or 8081), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="health",
                                        daemon=True)
         self.thread.start()

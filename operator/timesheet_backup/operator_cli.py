@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, cast
 
 from timesheet_backup import settings
@@ -18,8 +19,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch this namespace (repeatable); default: TSB_NAMESPACES, "
                              "else all namespaces")
-    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
-                        help="probe endpoint for liveness and readiness (empty to disable)")
+    parser.add_argument("--liveness", default=None,
+                        help="probe endpoint for liveness and readiness (empty to disable); "
+                             "default: http://$POD_IP:8081/healthz, else on every address")
     parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="act only while holding a Lease in POD_NAMESPACE, so that "
@@ -48,6 +50,15 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger().setLevel(level)
 
 
+def default_probe_url(environ: Mapping[str, str] | None = None) -> str:
+    """The pod's own address (POD_IP, from the downward API) rather than every address: the
+    kubelet probes the pod IP, and on the e2e node agent, whose pods share the host network,
+    a wildcard bind would collide with the Service relays listening on the same port."""
+    env = os.environ if environ is None else environ
+    host = env.get("POD_IP") or "0.0.0.0"  # noqa: S104  (outside a pod)
+    return f"http://{f'[{host}]' if ':' in host else host}:8081/healthz"
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -69,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     namespaces = args.namespace or config.namespaces
     # Our own probe endpoint instead of kopf's: a candidate waiting for the Lease must answer
     # probes before kopf starts (see election.Health for what it reports).
-    health = Health(args.liveness, election.identity) if args.liveness else None
+    probe = default_probe_url() if args.liveness is None else args.liveness
+    health = Health(probe, election.identity) if probe else None
     elector = None
     if election.enabled:
         elector = Elector(election.namespace, election.lease_name, election.identity,
