@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the pinned e2e tools (Kubernetes control plane, kubectl, etcd, helm,
-# versitygw, toxiproxy) from the Go module proxy into a cache outside the repo.
+# versitygw, toxiproxy, promtool) from the Go module proxy into a cache outside the repo.
 #
 #   bash tests/cluster/build-tools.sh            # build what is missing
 #   TOOLS_BIN=$(bash tests/cluster/build-tools.sh | tail -1)
@@ -23,6 +23,9 @@ ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
 VERSITYGW_VERSION=v1.7.0
 TOXIPROXY_VERSION=v2.12.0
+# promtool tests the chart's alert rules. It joined after the cache key was set: it is kept
+# out of KEY (adding it would rebuild everything) and guarded by its own version stamp.
+PROMTOOL_VERSION=v0.316.0
 # ------------------------------------------------------------------------------
 
 if command -v go >/dev/null 2>&1; then
@@ -64,7 +67,13 @@ DIR="$CACHE_ROOT/${K8S_VERSION}-${KEY}"
 BIN="$DIR/bin"
 mkdir -p "$BIN"
 
-TOOLS=(etcd kube-apiserver kube-controller-manager kubectl helm versitygw toxiproxy-server toxiproxy-cli)
+TOOLS=(etcd kube-apiserver kube-controller-manager kubectl helm versitygw toxiproxy-server toxiproxy-cli
+       promtool)
+
+# A promtool of another version is stale: drop it so it is rebuilt below.
+if [ "$(cat "$BIN/.promtool-version" 2>/dev/null)" != "$PROMTOOL_VERSION" ]; then
+    rm -f "$BIN/promtool"
+fi
 
 missing=()
 for t in "${TOOLS[@]}"; do
@@ -132,12 +141,18 @@ for pair in toxiproxy-server:server toxiproxy-cli:cli; do
         "github.com/Shopify/toxiproxy/v2/cmd/${sub}@${TOXIPROXY_VERSION}" "$sub" "$name"
 done
 
+build promtool "$PROMTOOL_VERSION" -- \
+    env GOBIN="$TMP" "$GO" install -p "$PAR" -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL_VERSION}"
+echo "$PROMTOOL_VERSION" > "$BIN/.promtool-version"
+
 {
     echo "k8s.io/kubernetes $K8S_VERSION (staging $K8S_STAGING_VERSION)"
     echo "go.etcd.io/etcd/server/v3 $ETCD_VERSION"
     echo "helm.sh/helm/v3 $HELM_VERSION"
     echo "github.com/versity/versitygw $VERSITYGW_VERSION"
     echo "github.com/Shopify/toxiproxy/v2 $TOXIPROXY_VERSION"
+    echo "github.com/prometheus/prometheus $PROMTOOL_VERSION (promtool)"
     echo "$GO_VERSION $GOOS_ARCH"
 } > "$DIR/PINS"
 log "all tools ready in $((SECONDS - T0))s"
