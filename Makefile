@@ -58,6 +58,13 @@ operator-up: cluster-up ## the operator (via its chart) and the example app's na
 demo: deps cluster-up ## a real backup and restore of sample timesheet data on the local cluster
 	$(PY) -m tests.cluster.demo
 
+# The full run takes the e2e lock for its whole duration (< 30 min): the operator part needs
+# the shared cluster to itself, and timings taken while e2e tests run would measure them.
+BENCH_SCALE ?= full
+BENCH_LOCK ?= /tmp/tsb-e2e.lock
+bench: deps $(STAMP) tools ## agent vs the manual guide, operator at scale (docs/benchmarks.md; BENCH_SCALE=small: minutes)
+	flock $(BENCH_LOCK) $(PY) -m bench --scale $(BENCH_SCALE)
+
 cluster-down: ## stop everything cluster-up started
 	bash tests/cluster/cluster-down.sh
 
