@@ -9,8 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cluster import REPO_ROOT, Cluster, create_namespace, delete_namespace
-from tests.support.operator import run_tool
+from tests.support.cluster import (
+    REPO_ROOT,
+    Cluster,
+    create_namespace,
+    delete_namespace,
+    secret_data,
+    wait_for,
+)
+from tests.support.operator import Operator, run_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -141,3 +148,185 @@ def test_backup_spec_is_immutable(crds: Cluster, space: str) -> None:
                       check=False)
     assert result.returncode != 0
     assert "spec is immutable" in result.stderr
+
+
+# --- more of the hostile corpus: oversized fields, injection attempts, absurd values -----
+
+AGE_RECIPIENT = "age1" + "q" * 58
+
+# (kind, spec, a piece of the API server's message)
+MORE_INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("Backup", {"storage": {"bucket": "bkt", "prefix": "/abs/path"}}, "spec.storage.prefix"),
+    ("Backup", {"storage": {"bucket": "bkt", "prefix": "a b"}}, "spec.storage.prefix"),
+    ("Backup", {"storage": {"bucket": "bkt", "prefix": "p" * 513}},
+     "spec.storage.prefix: Too long"),
+    ("Backup", {"storage": {"bucket": "bkt", "endpoint": "http://x y"}},
+     "spec.storage.endpoint"),
+    ("Backup", {"database": {**GOOD_DB, "name": "timesheet\n; DROP DATABASE x"}},
+     "spec.database.name"),
+    ("Backup", {"database": {**GOOD_DB, "user": "postgres\u0000"}}, "spec.database.user"),
+    ("Backup", {"database": {**GOOD_DB, "excludeTables": ["audit\r\nCOPY x TO PROGRAM 'sh'"]}},
+     "spec.database.excludeTables[0]"),
+    ("Backup", {"database": {**GOOD_DB, "tables": ["t" * 129]}},
+     "spec.database.tables[0]: Too long"),
+    ("Backup", {"database": {**GOOD_DB, "tables": [f"t{i}" for i in range(65)]}},
+     "must have at most 64 items"),
+    ("Backup", {"database": {**GOOD_DB, "sslMode": "disable host=evil"}},
+     'Unsupported value: "disable host=evil"'),
+    ("Backup", {"database": {**GOOD_DB, "passwordSecretRef": {"name": "db",
+                                                              "key": "../../token"}}},
+     "spec.database.passwordSecretRef.key"),
+    ("Backup", {"encryption": {"ageRecipients": [AGE_RECIPIENT] * 17}},
+     "must have at most 16 items"),
+    ("Backup", {"encryption": {"ageRecipients": []}}, "should have at least 1 items"),
+    ("Backup", {"uploads": {"claimName": "u", "exclude": ["\n"]}}, "spec.uploads.exclude[0]"),
+    ("BackupSchedule", {"schedule": "@daily", "timeZone": "Europe/Berlin; rm -rf /"},
+     "spec.timeZone"),
+    ("BackupSchedule", {"schedule": "@daily", "timeZone": "A" * 65}, "spec.timeZone: Too long"),
+    ("BackupSchedule", {"schedule": "0 2 * * " + "1," * 70 + "1"}, "spec.schedule: Too long"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"keepLast": 1000000}},
+     "should be less than or equal to 10000"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"keepDaily": -1}},
+     "should be greater than or equal to 1"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"keepMonthly": 100000}},
+     "should be less than or equal to 1200"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"maxAge": "0d"}},
+     "spec.retention.maxAge"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"maxAge": "-30d"}},
+     "spec.retention.maxAge"),
+    ("BackupSchedule", {"schedule": "@daily", "retention": {"maxAge": "100000d"}},
+     "spec.retention.maxAge"),
+    ("BackupSchedule", {"schedule": "@daily", "startingDeadlineSeconds": 0},
+     "should be greater than or equal to 1"),
+    ("BackupSchedule", {"schedule": "@daily",
+                        "verification": {"schedule": "@daily", "checks": ["SELECT 1"] * 33}},
+     "must have at most 32 items"),
+    ("BackupSchedule", {"schedule": "@daily",
+                        "verification": {"schedule": "@daily", "checks": ["S" * 4097]}},
+     "spec.verification.checks[0]: Too long"),
+    ("BackupSchedule", {"schedule": "@daily", "template": {"spec": {"components": ["logs"]}}},
+     'Unsupported value: "logs"'),
+    ("Restore", {"backupName": "b", "components": ["everything"]},
+     'Unsupported value: "everything"'),
+    ("Restore", {"backupName": "b", "database": {"name": "x\n; DROP DATABASE timesheet"}},
+     "spec.database.name"),
+    ("Restore", {"backupName": "b", "database": {"jobs": 0}},
+     "should be greater than or equal to 1"),
+    ("Restore", {"backupName": "b", "uploads": {"subPath": "a/../../etc"}},
+     "subPath must not contain '..'"),
+    ("Restore", {"backupName": "B/../../x"}, "spec.backupName"),
+    ("Restore", {"source": {"storage": {"bucket": "bkt"},
+                            "manifestKey": "a/../../b/manifest.json"}},
+     "manifestKey must not contain '..'"),
+    ("Restore", {"source": {"storage": {"bucket": "bkt"}, "manifestKey": "a\n/manifest.json"}},
+     "spec.source.manifestKey"),
+    ("Restore", {"backupName": "b", "decryption": {"secretRef": {"name": "Age Key",
+                                                                 "key": "k"}}},
+     "spec.decryption.secretRef.name"),
+    ("Restore", {"backupName": "b", "hooks": {"postRestore": [
+        {"name": f"h{i}", "image": "i"} for i in range(9)]}}, "must have at most 8 items"),
+    ("Restore", {"backupName": "b", "hooks": {"postRestore": [
+        {"name": "m; rm -rf /", "image": "i"}]}}, "spec.hooks.postRestore[0].name"),
+    ("Restore", {"backupName": "b", "verify": {"sqlChecks": ["SELECT 1"] * 33}},
+     "must have at most 32 items"),
+]
+
+
+@pytest.mark.parametrize(("kind", "spec", "message"), MORE_INVALID,
+                         ids=[f"{k}-more-{i}" for i, (k, _, _) in enumerate(MORE_INVALID)])
+def test_more_invalid_manifests_are_refused(crds: Cluster, space: str, kind: str,
+                                            spec: dict[str, Any], message: str) -> None:
+    result = run_tool(crds, "kubectl", "apply", "--dry-run=server", "-n", space, "-f", "-",
+                      stdin=manifest(kind, spec), check=False)
+    assert result.returncode != 0, f"accepted: {spec}"
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("x;rm -rf", "metadata.name: Invalid value"),
+    ("../escape", "may not contain '/'"),
+    ("UPPER", "metadata.name: Invalid value"),
+    ("a" * 254, "metadata.name: Invalid value"),
+    ("-dash", "metadata.name: Invalid value"),
+])
+def test_hostile_object_names_are_refused(crds: Cluster, space: str, name: str,
+                                          message: str) -> None:
+    """Names reach Job names, labels and S3 keys: the API server refuses these already."""
+    result = run_tool(crds, "kubectl", "apply", "--dry-run=server", "-n", space, "-f", "-",
+                      stdin=manifest("Backup", {}, name), check=False)
+    assert result.returncode != 0, f"accepted name {name!r}"
+    assert message in result.stderr, result.stderr
+
+
+# --- what only the operator can know: accepted by the API server, Failed by the operator --
+
+
+def _operator_case(cluster: Cluster, namespace: str, plural: str, name: str,
+                   spec: dict[str, Any]) -> None:
+    kind = {"backups": "Backup", "restores": "Restore", "backupschedules": "BackupSchedule"}
+    cluster.custom.create_namespaced_custom_object(
+        "backup.northstar.io", "v1alpha1", namespace, plural,
+        {"apiVersion": "backup.northstar.io/v1alpha1", "kind": kind[plural],
+         "metadata": {"name": name}, "spec": spec})
+
+
+def _conditions(cluster: Cluster, namespace: str, plural: str,
+                name: str) -> dict[str, dict[str, Any]]:
+    obj = cluster.custom.get_namespaced_custom_object(
+        "backup.northstar.io", "v1alpha1", namespace, plural, name)
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _warning(cluster: Cluster, namespace: str, name: str, reason: str) -> bool:
+    return any(e.type == "Warning" and e.reason == reason
+               for e in cluster.core.list_namespaced_event(namespace).items
+               if e.involved_object.name == name)
+
+
+def test_what_only_the_operator_can_know_fails_clearly(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    """A time zone of the right shape that does not exist, a Secret without the named key, a
+    Restore of a Backup that does not exist, a prefix with a `..` segment: each ends with a
+    clear condition and a Warning Event, and no Job is created."""
+    cluster.core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "db"}, "data": secret_data({"other-key": "x" * 12})})
+    storage = {"bucket": "bkt", "endpoint": "http://s3.invalid:9000",
+               "forcePathStyle": True}
+    _operator_case(cluster, namespace, "backupschedules", "on-mars", {
+        "schedule": "0 2 * * *", "timeZone": "Mars/Olympus_Mons",
+        "template": {"spec": {"components": ["database"], "database": GOOD_DB,
+                              "storage": storage}}})
+    _operator_case(cluster, namespace, "backups", "no-key", {
+        "components": ["database"], "database": GOOD_DB, "storage": storage})
+    _operator_case(cluster, namespace, "backups", "dotdot-prefix", {
+        "components": ["database"], "database": {**GOOD_DB, "passwordSecretRef": {
+            "name": "db", "key": "other-key"}}, "storage": {**storage, "prefix": "../other"}})
+    _operator_case(cluster, namespace, "restores", "of-nothing", {"backupName": "never-was"})
+
+    expected = [
+        ("backupschedules", "on-mars", "Ready", "False", "InvalidSchedule",
+         "unknown time zone 'Mars/Olympus_Mons'"),
+        ("backups", "no-key", "Failed", "True", "SecretMissing", "password"),
+        ("backups", "dotdot-prefix", "Failed", "True", "InvalidSpec", "'..'"),
+        ("restores", "of-nothing", "Failed", "True", "BackupNotFound", "never-was"),
+    ]
+    try:
+        for plural, name, type_, status, reason, text in expected:
+            def settled(plural: str = plural, name: str = name,
+                        type_: str = type_) -> dict[str, Any] | None:
+                return _conditions(cluster, namespace, plural, name).get(type_)
+
+            cond = wait_for(settled, 60, interval=1, message=f"{plural}/{name}: no {type_}")
+            assert (cond["status"], cond["reason"]) == (status, reason), cond
+            assert text in cond["message"], cond
+            wait_for(lambda name=name, reason=reason: _warning(cluster, namespace, name, reason),
+                     30, message=f"{name}: no Warning Event {reason}")
+        assert cluster.batch.list_namespaced_job(namespace).items == []
+    finally:
+        for plural in ("restores", "backupschedules", "backups"):
+            for obj in cluster.custom.list_namespaced_custom_object(
+                    "backup.northstar.io", "v1alpha1", namespace, plural)["items"]:
+                cluster.custom.delete_namespaced_custom_object(
+                    "backup.northstar.io", "v1alpha1", namespace, plural,
+                    obj["metadata"]["name"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -381,3 +383,129 @@ def test_sigterm_mid_restore_rolls_back(
     assert proc.returncode == 143, err
     assert "error: stopped by SIGTERM" in err
     dbsnapshot.assert_same(before, db_snapshot(pg, sample_db))
+
+
+# --- a manifest naming objects outside its own directory; links that escape -------------
+
+
+def test_artifact_outside_the_manifests_directory_is_refused(
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    sample_db: str,
+    uploads_tree: Path,
+    tmp_path: Path,
+) -> None:
+    """Each artifact key of a genuine backup is moved elsewhere in the bucket (a valid
+    object with the right checksum, so only the key is wrong) and the manifest rewritten to
+    name it: refused before anything is read or written, the targets untouched."""
+    original = backup(pg, s3, bucket, sample_db, tmp_path, uploads=uploads_tree)
+    artifacts = {a["component"]: a for a in original["artifacts"]}
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "existing.pdf").write_text("keep")
+    tree_before = snapshot_tree(target)
+    db_before = db_snapshot(pg, sample_db)
+    elsewhere = [
+        "elsewhere/prod/nightly/{name}",  # another prefix
+        "backups/prod/other/{name}",  # another backup
+        "backups/prod/nightly/../../elsewhere/prod/nightly/{name}",
+        "/backups/prod/nightly/{name}",  # absolute-looking
+        "backups/prod/nightly/sub/{name}",  # below its directory
+        "backups/prod/{name}",  # above it
+    ]
+    for pattern in elsewhere:
+        for component, artifact in artifacts.items():
+            name = artifact["key"].rsplit("/", 1)[1]
+            moved = pattern.format(name=name)
+            s3.put_bytes(bucket, moved, s3.get_bytes(bucket, artifact["key"]))
+            manifest = json.loads(json.dumps(original))
+            for a in manifest["artifacts"]:
+                if a["component"] == component:
+                    a["key"] = moved
+            s3.put_bytes(bucket, manifest_key(), json.dumps(manifest).encode())
+            run = restore(pg, s3, bucket, tmp_path, sample_db, uploads=target)
+            assert_failed(run, "outside its directory")
+            assert snapshot_tree(target) == tree_before, moved
+    dbsnapshot.assert_same(db_before, db_snapshot(pg, sample_db))
+
+
+def _vouched_uploads_artifact(s3: S3Server, bucket: str, raw: bytes) -> None:
+    """Put `raw` as an uploads artifact with a manifest that vouches for it (size, sha256):
+    what an attacker with write access to the bucket can do."""
+    key = "backups/prod/nightly/uploads.tar"
+    s3.put_bytes(bucket, key, raw)
+    manifest = {
+        "apiVersion": "backup.northstar.io/manifest/v1",
+        "kind": "BackupManifest",
+        "backupId": "evil",
+        "namespace": "prod",
+        "name": "nightly",
+        "source": "import",
+        "startTime": "2024-01-15T02:00:00Z",
+        "completionTime": "2024-01-15T02:00:00Z",
+        "agentVersion": "0",
+        "artifacts": [{"component": "uploads", "key": key, "sizeBytes": len(raw),
+                       "sha256": hashlib.sha256(raw).hexdigest(), "format": "tar",
+                       "compression": "none", "encryption": "none"}],
+    }
+    s3.put_bytes(bucket, manifest_key(), json.dumps(manifest).encode())
+
+
+def _tar(members: list[tuple[str, str, str | bytes]]) -> bytes:
+    """A tar of (name, "file"|"dir"|"symlink", content or link target) members."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, type_, value in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if type_ == "symlink":
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, str(value), 0o777
+                tar.addfile(info)
+            elif type_ == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                data = value if isinstance(value, bytes) else value.encode()
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["symlink_then_file", "symlink_chain", "symlink_then_dir"])
+def test_link_escapes_are_refused(
+    pg: PostgresServer, s3: S3Server, bucket: str, tmp_path: Path, kind: str
+) -> None:
+    """Link escapes the nine hostile kinds do not cover: a symlink followed by a regular file
+    of the same name (a naive extractor writes through the link), a chain of relative links
+    that climbs out one hop at a time, and a symlink to a directory outside followed by a
+    directory member of that name and a file in it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"do not overwrite me\n")
+    token = "pwned" + hashlib.sha256(kind.encode()).hexdigest()[:8]
+    members: list[tuple[str, str, str | bytes]] = [("harmless/first.txt", "file", "first\n")]
+    if kind == "symlink_then_file":
+        members += [("victim.txt", "symlink", str(victim)),
+                    ("victim.txt", "file", f"{token}\n")]
+    elif kind == "symlink_chain":
+        members += [("a", "symlink", "."), ("a/b", "symlink", ".."),
+                    (f"b/{token}.txt", "file", f"{token}\n")]
+    else:
+        members += [("d", "symlink", str(outside)), ("d", "dir", ""),
+                    (f"d/{token}.txt", "file", f"{token}\n")]
+    members.append(("harmless/last.txt", "file", "last\n"))
+    _vouched_uploads_artifact(s3, bucket, _tar(members))
+
+    target = tmp_path / "uploads"
+    target.mkdir()
+    (target / "existing.pdf").write_text("keep")
+    before = snapshot_tree(target)
+    run = restore(pg, s3, bucket, tmp_path, None, uploads=target)
+    assert_failed(run, "refusing")
+    assert run.termination["reason"] == "UnsafeArchive"
+    assert victim.read_bytes() == b"do not overwrite me\n"
+    escaped = [p for p in tmp_path.rglob(f"*{token}*") if target not in p.parents]
+    assert escaped == []
+    assert snapshot_tree(target) == before
