@@ -124,8 +124,16 @@ def test_outcome_failure_carries_the_agents_line() -> None:
 
 def test_outcome_failure_falls_back_to_the_log_tail() -> None:
     job = {"status": {"conditions": [cond("Failed", "BackoffLimitExceeded")]}}
-    p = a_pod({"terminated": {"exitCode": 137, "message": "line1\nKilled"}})
-    assert outcome.job_outcome(job, [p], NOW).message == "Killed (exit code 137)"
+    p = a_pod({"terminated": {"exitCode": 1, "message": "line1\nTraceback: boom"}})
+    assert outcome.job_outcome(job, [p], NOW).message == "Traceback: boom (exit code 1)"
+
+
+def test_outcome_of_a_killed_agent_says_so() -> None:
+    job = {"status": {"conditions": [cond("Failed", "BackoffLimitExceeded")]}}
+    p = a_pod({"terminated": {"exitCode": 137, "message": "08:00 INFO archiving /data"}})
+    assert outcome.job_outcome(job, [p], NOW).message == (
+        "the agent was killed (SIGKILL: out of memory, or its pod or node was stopped); "
+        "its last output: 08:00 INFO archiving /data (exit code 137)")
 
 
 def test_outcome_deadline_and_missing_job() -> None:

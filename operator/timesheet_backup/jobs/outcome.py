@@ -18,6 +18,7 @@ STUCK_REASONS = frozenset({
     "CreateContainerError", "RunContainerError",
 })
 STUCK_GRACE = timedelta(minutes=2)
+KILLED_EXIT_CODE = 137  # 128 + SIGKILL
 UNSCHEDULABLE_GRACE = timedelta(minutes=10)
 
 
@@ -80,6 +81,11 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
         reason = failed.get("reason") or "JobFailed"
         if reason == "DeadlineExceeded":
             message = "the agent did not finish within activeDeadlineSeconds"
+        elif exit_code == KILLED_EXIT_CODE and not summary:
+            # No JSON summary: the agent never got to say why. Its last log line is kept
+            # as a hint of where it was.
+            message = ("the agent was killed (SIGKILL: out of memory, or its pod or node was "
+                       "stopped)" + (f"; its last output: {line}" if line else ""))
         elif line:
             message = line
         else:
