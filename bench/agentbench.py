@@ -59,7 +59,8 @@ class AgentBench:
             raise RuntimeError(f"{what} failed ({m.returncode}):\n{m.stdout[-2000:]}\n"
                                f"{m.stderr[-4000:]}")
         self.log(f"  {what}: {m.seconds:.1f} s, cpu {m.cpu_seconds:.1f} s, "
-                 f"peak rss {m.peak_rss_bytes / 2**20:.0f} MiB, servers {m.servers_cpu}")
+                 f"peak rss {m.peak_rss_bytes / 2**20:.0f} MiB, servers {m.servers_cpu}, "
+                 f"by command {m.cpu_by_command}")
         return m.summary()
 
     def pg_flags(self) -> str:

@@ -53,6 +53,16 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def comm_and_cpu(pid: int) -> tuple[str, float] | None:
+    """(command name, utime+stime seconds) of a live process."""
+    try:
+        head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     """utime+stime of a live process (plus, optionally, of the children it has reaped)."""
     try:
@@ -76,6 +86,9 @@ class Measured:
     stdout: str = ""
     stderr: str = ""
     servers_cpu: dict[str, float] = field(default_factory=dict)
+    # CPU seconds by command name (python3, pg_dump, gzip, ...), from the samples: a process's
+    # last sample, so up to 50 ms of each process's end is missing.
+    cpu_by_command: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,10 +135,15 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str |
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
     done = threading.Event()
+    last_cpu: dict[int, tuple[str, float]] = {}
 
     def sample() -> None:
         while not done.is_set():
             pids = tree(proc.pid)
+            for p in pids:
+                seen = comm_and_cpu(p)
+                if seen is not None:
+                    last_cpu[p] = seen
             total = sum(rss_bytes(p) for p in pids)
             peak[0] = max(peak[0], total)
             peak[1] = max(peak[1], rss_bytes(proc.pid))
@@ -142,8 +160,11 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str |
     server_cpu = servers.stop() if servers else {}
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
+    by_command: dict[str, float] = {}
+    for comm, used in last_cpu.values():
+        by_command[comm] = round(by_command.get(comm, 0.0) + used, 2)
     return Measured(round(seconds, 2), round(cpu, 2), peak[0], peak[1], proc.returncode,
-                    stdout, stderr, server_cpu)
+                    stdout, stderr, server_cpu, by_command)
 
 
 def shell(script: str, **kwargs: Any) -> Measured:
