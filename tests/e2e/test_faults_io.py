@@ -24,9 +24,10 @@ from tests.support.cluster import Cluster, wait_for
 from tests.support.dbsnapshot import assert_same
 from tests.support.faults import (
     multipart_uploads,
-    pg_port,
+    pg_upstream,
     proxied_service,
-    s3_port,
+    s3_upstream,
+    start_toxiproxy,
 )
 from tests.support.operator import App
 from tests.support.s3server import ToxiProxy
@@ -38,9 +39,8 @@ CUT_BYTES = 1_000_000  # well past connection set-up and catalog queries, well b
 
 @pytest.fixture(scope="module")
 def toxiproxy(cluster: Cluster) -> Iterator[ToxiProxy]:
-    server = ToxiProxy()
+    server = start_toxiproxy(cluster)
     try:
-        server.start()
         yield server
     finally:
         server.cleanup()
@@ -99,7 +99,7 @@ def assert_nothing_left(app: App, name: str) -> None:
 def test_s3_faults_fail_cleanly_and_retention_keeps_the_good_backups(
     cluster: Cluster, app: App, toxiproxy: ToxiProxy, heal: None
 ) -> None:
-    s3 = s3_port(cluster)
+    s3 = s3_upstream(cluster)
     down = proxied_service(cluster, toxiproxy, app.namespace, "s3-down", 9000, s3)
     slow = proxied_service(cluster, toxiproxy, app.namespace, "s3-slow", 9000, s3)
     cut = proxied_service(cluster, toxiproxy, app.namespace, "s3-cut", 9000, s3)
@@ -161,10 +161,9 @@ def test_s3_faults_fail_cleanly_and_retention_keeps_the_good_backups(
 def test_database_cut_mid_dump_and_mid_restore(
     cluster: Cluster, app: App, toxiproxy: ToxiProxy, heal: None
 ) -> None:
-    dump_db = proxied_service(cluster, toxiproxy, app.namespace, "db-dump", 5432,
-                              pg_port(cluster))
-    restore_db = proxied_service(cluster, toxiproxy, app.namespace, "db-restore", 5432,
-                                 pg_port(cluster))
+    pg = pg_upstream(cluster)
+    dump_db = proxied_service(cluster, toxiproxy, app.namespace, "db-dump", 5432, pg)
+    restore_db = proxied_service(cluster, toxiproxy, app.namespace, "db-restore", 5432, pg)
     # Server -> client: pg_dump reading rows. Client -> server: pg_restore sending them.
     dump_db.proxy.cut_after(CUT_BYTES, stream="downstream")
     restore_db.proxy.cut_after(CUT_BYTES, stream="upstream")

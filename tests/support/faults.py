@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.support.cluster import Cluster
 from tests.support.s3server import Proxy, ToxiProxy
@@ -35,21 +36,31 @@ class ProxiedService:
         return f"http://{self.host}:{self.port}"
 
 
+def start_toxiproxy(cluster: Cluster) -> ToxiProxy:
+    """A toxiproxy-server whose proxies listen where pods can reach this host (loopback for
+    the local node agent, every address on kind)."""
+    server = ToxiProxy()
+    server.host = cluster.host_bind_address
+    return server.start()
+
+
 def proxied_service(cluster: Cluster, toxiproxy: ToxiProxy, namespace: str, name: str,
-                    port: int, host_port: int) -> ProxiedService:
-    """A toxiproxy proxy to `127.0.0.1:host_port` and a Service `name:port` in `namespace`
+                    port: int, upstream: str) -> ProxiedService:
+    """A toxiproxy proxy to `upstream` (host:port) and a Service `name:port` in `namespace`
     whose backend is that proxy."""
-    proxy = toxiproxy.create_proxy(f"127.0.0.1:{host_port}", name=f"{namespace}-{name}")
+    proxy = toxiproxy.create_proxy(upstream, name=f"{namespace}-{name}")
     cluster.expose_host_port(namespace, name, port, proxy.port)
     return ProxiedService(name, namespace, port, proxy)
 
 
-def pg_port(cluster: Cluster) -> int:
-    return int(cluster.env["PGPORT"])
+def pg_upstream(cluster: Cluster) -> str:
+    """host:port of the PostgreSQL server the e2e apps use."""
+    return f"{cluster.env['PGHOST']}:{cluster.env['PGPORT']}"
 
 
-def s3_port(cluster: Cluster) -> int:
-    return int(cluster.env["S3_ENDPOINT"].rstrip("/").rsplit(":", 1)[1])
+def s3_upstream(cluster: Cluster) -> str:
+    """host:port of the S3 server the e2e apps use."""
+    return urlsplit(cluster.env["S3_ENDPOINT"]).netloc
 
 
 def multipart_uploads(s3: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
