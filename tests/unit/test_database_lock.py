@@ -30,6 +30,7 @@ def running(name: str, target: str = TARGET) -> dict[str, Any]:
 
 def test_a_claim_blocks_the_other_kind_before_its_status_lands(
         api: dict[str, list[dict[str, Any]]]) -> None:
+    api["backups"] += [{"metadata": {"name": "b1"}}, {"metadata": {"name": "b2"}}]
     assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
     blocker = common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores"))
     assert blocker == "Backup b1"
@@ -38,8 +39,21 @@ def test_a_claim_blocks_the_other_kind_before_its_status_lands(
     assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
 
 
+def test_a_claim_of_a_finished_or_deleted_object_does_not_block(
+        api: dict[str, list[dict[str, Any]]]) -> None:
+    api["backups"].append({"metadata": {"name": "b1"}})
+    api["restores"].append({"metadata": {"name": "r1"}})
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
+    api["backups"][0]["status"] = {"phase": "Succeeded"}
+    assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
+    assert common.lock_database("ns", TARGET, "backups", "b2", ("restores",)) == "Restore r1"
+    api["restores"].clear()  # r1 deleted before its status landed
+    assert common.lock_database("ns", TARGET, "backups", "b2", ("restores",)) is None
+
+
 def test_a_restore_blocks_backups_and_other_restores(
         api: dict[str, list[dict[str, Any]]]) -> None:
+    api["restores"] += [{"metadata": {"name": "r1"}}, {"metadata": {"name": "r2"}}]
     assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
     assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) == "Restore r1"
     assert common.lock_database("ns", TARGET, "restores", "r2",

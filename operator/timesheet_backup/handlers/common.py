@@ -81,7 +81,11 @@ def running_on(namespace: str, plural: str, target: str | None,
     if any (other than `exclude`): the lock that keeps one Job at a time per database."""
     if target is None:
         return None
-    for obj in kube.list_custom(namespace, plural):
+    return _running_in(kube.list_custom(namespace, plural), target, exclude)
+
+
+def _running_in(objects: list[dict[str, Any]], target: str, exclude: str | None) -> str | None:
+    for obj in objects:
         st = obj.get("status") or {}
         name = str(obj["metadata"]["name"])
         if st.get("phase") == "Running" and st.get("databaseTarget") == target \
@@ -110,14 +114,19 @@ def lock_database(namespace: str, target: str | None, plural: str, name: str,
     with _claims_lock:
         moment = time.monotonic()
         claims = [cl for cl in _claims.get((namespace, target), []) if cl[2] > moment]
-        for claim_plural, claim_name, _expiry in claims:
-            if claim_plural in blockers and (claim_plural, claim_name) != (plural, name):
-                return f"{_KINDS[claim_plural]} {claim_name}"
         for blocker in blockers:
-            found = running_on(namespace, blocker, target,
-                               exclude=name if blocker == plural else None)
+            objects = kube.list_custom(namespace, blocker)
+            found = _running_in(objects, target, name if blocker == plural else None)
             if found:
                 return f"{_KINDS[blocker]} {found}"
+            # A claim counts while its object is still at work: one that already finished
+            # (or is gone) releases the database at once, not when the claim expires.
+            at_work = {str(o["metadata"]["name"]) for o in objects
+                       if (o.get("status") or {}).get("phase") not in status.TERMINAL_PHASES}
+            for claim_plural, claim_name, _expiry in claims:
+                if claim_plural == blocker and claim_name in at_work \
+                        and (claim_plural, claim_name) != (plural, name):
+                    return f"{_KINDS[claim_plural]} {claim_name}"
         claims = [cl for cl in claims if (cl[0], cl[1]) != (plural, name)]
         _claims[(namespace, target)] = [*claims, (plural, name, moment + CLAIM_SECONDS)]
         return None
