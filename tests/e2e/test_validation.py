@@ -80,6 +80,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
      "set exactly one of backupName or source"),
     ("Restore", {"source": {"storage": {"bucket": "bkt"}, "manifestKey": "../x/manifest.json"}},
      "manifestKey must not contain '..'"),
+    ("Backup", {"storage": {"bucket": "bkt", "prefix": "../other"}},
+     "prefix must not contain '..'"),
+    ("Backup", {"storage": {"bucket": "bkt", "prefix": "team/../../other"}},
+     "prefix must not contain '..'"),
     ("Restore", {"source": {"storage": {"bucket": "bkt"}, "manifestKey": "a/b/dump.sql"}},
      "spec.source.manifestKey"),
     ("Restore", {"backupName": "b", "uploads": {"mode": "overwrite"}},
@@ -287,8 +291,9 @@ def test_what_only_the_operator_can_know_fails_clearly(
     cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
     """A time zone of the right shape that does not exist, a Secret without the named key, a
-    Restore of a Backup that does not exist, a prefix with a `..` segment: each ends with a
-    clear condition and a Warning Event, and no Job is created."""
+    Restore of a Backup that does not exist: each ends with a clear condition and a Warning
+    Event, and no Job is created. (A `..` prefix is refused by the schema; the operator's own
+    refusal of it is the unit-tested layout check.)"""
     cluster.core.create_namespaced_secret(namespace, {
         "metadata": {"name": "db"}, "data": secret_data({"other-key": "x" * 12})})
     storage = {"bucket": "bkt", "endpoint": "http://s3.invalid:9000",
@@ -299,16 +304,12 @@ def test_what_only_the_operator_can_know_fails_clearly(
                               "storage": storage}}})
     _operator_case(cluster, namespace, "backups", "no-key", {
         "components": ["database"], "database": GOOD_DB, "storage": storage})
-    _operator_case(cluster, namespace, "backups", "dotdot-prefix", {
-        "components": ["database"], "database": {**GOOD_DB, "passwordSecretRef": {
-            "name": "db", "key": "other-key"}}, "storage": {**storage, "prefix": "../other"}})
     _operator_case(cluster, namespace, "restores", "of-nothing", {"backupName": "never-was"})
 
     expected = [
         ("backupschedules", "on-mars", "Ready", "False", "InvalidSchedule",
          "unknown time zone 'Mars/Olympus_Mons'"),
         ("backups", "no-key", "Failed", "True", "SecretMissing", "password"),
-        ("backups", "dotdot-prefix", "Failed", "True", "InvalidSpec", "'..'"),
         ("restores", "of-nothing", "Failed", "True", "BackupNotFound", "never-was"),
     ]
     try:

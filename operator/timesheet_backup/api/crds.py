@@ -133,8 +133,10 @@ def crd(definition: CrdDefinition) -> dict[str, Any]:
             "labels": {"app.kubernetes.io/part-of": c.MANAGED_BY},
             # Uninstalling the chart must never delete the CRDs: that would delete every
             # Backup, Restore and BackupSchedule with them (and, through the Backups'
-            # deletion policy, the objects in the bucket).
-            "annotations": {"helm.sh/resource-policy": "keep"},
+            # deletion policy, the objects in the bucket). Helm reads the first annotation;
+            # Argo CD the second, when an Application that synced crds/ is deleted.
+            "annotations": {"helm.sh/resource-policy": "keep",
+                            "argocd.argoproj.io/sync-options": "Prune=false,Delete=false"},
         },
         "spec": {
             "group": c.GROUP,

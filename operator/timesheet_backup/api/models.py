@@ -86,6 +86,9 @@ class StorageSpec:
         default=None,
         pattern=v.PREFIX_PATTERN,
         maxLength=512,
+        **{"x-kubernetes-validations": [
+            {"rule": v.NO_DOTDOT_RULE, "message": "prefix must not contain '..'"}
+        ]},
     )
     region: str | None = field(
         "Region of the bucket.", default=None, pattern=r"^[a-z0-9-]+$", maxLength=64
