@@ -34,7 +34,7 @@ crds: $(STAMP) ## regenerate crds/, the chart's copy and docs/api.md from the AP
 	$(PY) -m timesheet_backup.api.docs docs/api.md
 
 lint: $(STAMP) ## ruff, mypy and hadolint
-	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
