@@ -181,6 +181,15 @@ class Store:
         with self.lock:
             self.schedules[key] = facts
 
+    def observe(self, kind: str, key: Key, body: Mapping[str, Any], now: datetime) -> None:
+        """Record an object's current state (a watch event that is not a deletion)."""
+        if kind == c.KIND_BACKUP:
+            self.observe_backup(key, body)
+        elif kind == c.KIND_RESTORE:
+            self.observe_restore(key, body)
+        elif kind == c.KIND_SCHEDULE:
+            self.observe_schedule(key, body, now)
+
     def forget(self, kind: str, key: Key) -> None:
         with self.lock:
             if kind == c.KIND_BACKUP:

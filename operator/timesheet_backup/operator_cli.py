@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     import timesheet_backup.handlers  # noqa: F401  (registers the handlers)
     from timesheet_backup.election import Elector, Health, exit_on_lost
+    from timesheet_backup.handlers import metrics
     from timesheet_backup.leader import Timing
 
     try:
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: invalid leader election settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.verbose)
+    metrics.serve()
     namespaces = args.namespace or config.namespaces
     # Our own probe endpoint instead of kopf's: a candidate waiting for the Lease must answer
     # probes before kopf starts (see election.Health for what it reports).

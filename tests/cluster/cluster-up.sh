@@ -9,6 +9,13 @@
 # component died it tears the whole cluster down and starts a fresh one.
 # Tools come from $TOOLS_BIN, or from tests/cluster/build-tools.sh (cached).
 set -euo pipefail
+
+# The daemons started here must not inherit the caller's descriptors: under
+# `flock LOCK make cluster-up` etcd, the API server, ... would hold LOCK for as long as they
+# run. (255 is the one bash reads this script from.)
+for fd in $(ls /proc/$$/fd); do
+    if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -226,32 +226,7 @@ def test_hostile_tar_is_refused(
     archive = make_hostile_tar(
         tmp_path / "evil.tar.gz", kind, compression="gzip", outside=tmp_path / "outside"
     )
-    raw = archive.path.read_bytes()
-    key = "backups/prod/nightly/uploads.tar.gz"
-    s3.put_bytes(bucket, key, raw)
-    manifest = {
-        "apiVersion": "backup.northstar.io/manifest/v1",
-        "kind": "BackupManifest",
-        "backupId": "evil",
-        "namespace": "prod",
-        "name": "nightly",
-        "source": "import",
-        "startTime": "2024-01-15T02:00:00Z",
-        "completionTime": "2024-01-15T02:00:00Z",
-        "agentVersion": "0",
-        "artifacts": [
-            {
-                "component": "uploads",
-                "key": key,
-                "sizeBytes": len(raw),
-                "sha256": hashlib.sha256(raw).hexdigest(),
-                "format": "tar",
-                "compression": "gzip",
-                "encryption": "none",
-            }
-        ],
-    }
-    s3.put_bytes(bucket, manifest_key(), json.dumps(manifest).encode())
+    _vouched_uploads_artifact(s3, bucket, archive.path.read_bytes(), compression="gzip")
     target = tmp_path / "uploads"
     target.mkdir()
     (target / "existing.pdf").write_text("keep")
@@ -430,10 +405,11 @@ def test_artifact_outside_the_manifests_directory_is_refused(
     dbsnapshot.assert_same(db_before, db_snapshot(pg, sample_db))
 
 
-def _vouched_uploads_artifact(s3: S3Server, bucket: str, raw: bytes) -> None:
+def _vouched_uploads_artifact(s3: S3Server, bucket: str, raw: bytes,
+                              compression: str = "none") -> None:
     """Put `raw` as an uploads artifact with a manifest that vouches for it (size, sha256):
     what an attacker with write access to the bucket can do."""
-    key = "backups/prod/nightly/uploads.tar"
+    key = "backups/prod/nightly/uploads.tar" + {"none": "", "gzip": ".gz"}[compression]
     s3.put_bytes(bucket, key, raw)
     manifest = {
         "apiVersion": "backup.northstar.io/manifest/v1",
@@ -447,7 +423,7 @@ def _vouched_uploads_artifact(s3: S3Server, bucket: str, raw: bytes) -> None:
         "agentVersion": "0",
         "artifacts": [{"component": "uploads", "key": key, "sizeBytes": len(raw),
                        "sha256": hashlib.sha256(raw).hexdigest(), "format": "tar",
-                       "compression": "none", "encryption": "none"}],
+                       "compression": compression, "encryption": "none"}],
     }
     s3.put_bytes(bucket, manifest_key(), json.dumps(manifest).encode())
 

@@ -28,8 +28,9 @@ def _key(body: kopf.Body) -> tuple[str, str]:
     return (body.metadata.namespace or "", body.metadata.name or "")
 
 
-@kopf.on.startup()
-def serve_metrics(**_: Any) -> None:
+def serve() -> None:
+    """Serve /metrics from the start, before leader election: a standby replica answers too
+    (process metrics, no tsb_ series), so its scrape target is up rather than down."""
     global _serving
     address = os.environ.get(ADDRESS_ENV, DEFAULT_ADDRESS)
     if not address or _serving:
@@ -42,25 +43,16 @@ def serve_metrics(**_: Any) -> None:
     log.info("serving Prometheus metrics on %s/metrics", address)
 
 
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_BACKUP)
-def backup_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+def on_event(event: kopf.RawEvent, body: kopf.Body, resource: kopf.Resource,
+             **_: Any) -> None:
+    kind = KINDS[resource.plural]
     if event["type"] == "DELETED":
-        STORE.forget(c.KIND_BACKUP, _key(body))
+        STORE.forget(kind, _key(body))
     else:
-        STORE.observe_backup(_key(body), body)
+        STORE.observe(kind, _key(body), body, now())
 
 
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_RESTORE)
-def restore_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    if event["type"] == "DELETED":
-        STORE.forget(c.KIND_RESTORE, _key(body))
-    else:
-        STORE.observe_restore(_key(body), body)
-
-
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL_SCHEDULE)
-def schedule_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    if event["type"] == "DELETED":
-        STORE.forget(c.KIND_SCHEDULE, _key(body))
-    else:
-        STORE.observe_schedule(_key(body), body, now())
+KINDS = {c.PLURAL_BACKUP: c.KIND_BACKUP, c.PLURAL_RESTORE: c.KIND_RESTORE,
+         c.PLURAL_SCHEDULE: c.KIND_SCHEDULE}
+for _plural in KINDS:
+    kopf.on.event(c.GROUP, c.VERSION, _plural, id=f"metrics-{_plural}")(on_event)
