@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 
 from timesheet_backup import constants as c
 from timesheet_backup.schedule import cron
+from timesheet_backup.status import TERMINAL_PHASES as TERMINAL
 from timesheet_backup.status import parse_time
 
-TERMINAL = ("Succeeded", "Failed")
 # How many upcoming runs the expected interval looks at: the largest gap among them, so a
 # weekday-only schedule expects the weekend gap and does not page on Monday morning.
 INTERVAL_LOOKAHEAD = 16
