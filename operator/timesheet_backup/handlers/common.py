@@ -13,6 +13,7 @@ import kopf
 from timesheet_backup import constants as c
 from timesheet_backup import kube, status
 from timesheet_backup.settings import OperatorConfig
+from timesheet_backup.status import TERMINAL_PHASES
 
 # Injected so tests of the pure parts can pin time; handlers always go through `now()`.
 clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
@@ -65,7 +66,7 @@ def post_event(body: Mapping[str, Any], type_: Literal["Normal", "Warning"] | st
 
 def not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
     """kopf `when=` filter: only objects still at work need their timer."""
-    return status.get("phase") not in ("Succeeded", "Failed")
+    return status.get("phase") not in TERMINAL_PHASES
 
 
 def database_target(database: Mapping[str, Any] | None) -> str | None:
@@ -122,7 +123,7 @@ def lock_database(namespace: str, target: str | None, plural: str, name: str,
             # A claim counts while its object is still at work: one that already finished
             # (or is gone) releases the database at once, not when the claim expires.
             at_work = {str(o["metadata"]["name"]) for o in objects
-                       if (o.get("status") or {}).get("phase") not in status.TERMINAL_PHASES}
+                       if (o.get("status") or {}).get("phase") not in TERMINAL_PHASES}
             for claim_plural, claim_name, _expiry in claims:
                 if claim_plural == blocker and claim_name in at_work \
                         and (claim_plural, claim_name) != (plural, name):

@@ -35,7 +35,7 @@ from timesheet_backup.handlers.common import (
 from timesheet_backup.jobs import agent_args
 from timesheet_backup.jobs.outcome import job_outcome
 from timesheet_backup.jobs.pod import UPLOADS_MOUNT, AgentJob, PodVolume, agent_job, child_name
-from timesheet_backup.status import parse_time, timestamp
+from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 
 POLL_SECONDS = 3.0
 ANNOTATION_REPLICAS = f"{c.GROUP}/original-replicas"
@@ -198,7 +198,7 @@ def restore_active(namespace: str, name: str) -> bool:
     restore = kube.get_custom(namespace, c.PLURAL_RESTORE, name)
     if restore is None or restore.get("metadata", {}).get("deletionTimestamp"):
         return False
-    return (restore.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    return (restore.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
 
 def pods_left(namespace: str, names: list[str]) -> list[str]:

@@ -24,7 +24,13 @@ from timesheet_backup.handlers.common import (
 )
 from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import cron, planner, retention
-from timesheet_backup.status import condition, merge_conditions, parse_time, timestamp
+from timesheet_backup.status import (
+    TERMINAL_PHASES,
+    condition,
+    merge_conditions,
+    parse_time,
+    timestamp,
+)
 
 TICK_SECONDS = 10.0
 KEEP_VERIFICATIONS = 3
@@ -164,7 +170,7 @@ def last_run_condition(backups: list[dict[str, Any]],
     if create_error:
         return condition("Failed", "True", "BackupNotCreated", create_error, clock, generation)
     finished = [b for b in backups
-                if (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+                if (b.get("status") or {}).get("phase") in TERMINAL_PHASES]
     if not finished:
         return {**previous, "observedGeneration": generation} if previous else condition(
             "Failed", "False", "NoRunYet", "no Backup has finished yet", clock, generation)
@@ -214,7 +220,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         newest = runs[-1]
         rst = newest.get("status") or {}
         last = st.get("lastVerification") or {}
-        if rst.get("phase") in ("Succeeded", "Failed") and \
+        if rst.get("phase") in TERMINAL_PHASES and \
                 last.get("time") != rst.get("completionTime"):
             result = {"time": rst.get("completionTime"), "result": rst["phase"],
                       "message": rst.get("message") or "",
@@ -233,7 +239,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         fields["lastVerificationScheduleTime"] = timestamp(plan.record_time)
     if plan.run_at is None:
         return
-    if any((r.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for r in runs):
+    if any((r.get("status") or {}).get("phase") not in TERMINAL_PHASES for r in runs):
         return  # one restore test at a time
     good = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
             and "database" in ((b.get("status") or {}).get("components") or "").split(",")]
