@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import kopf
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, make_wsgi_app
 
 from timesheet_backup import constants as c
 from timesheet_backup.handlers.common import now
@@ -28,6 +32,22 @@ def _key(body: kopf.Body) -> tuple[str, str]:
     return (body.metadata.namespace or "", body.metadata.name or "")
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # As for the probe endpoint (election.Health): pods of the e2e node agent share one
+        # network, so two replicas bind the same address; in a real pod it changes nothing.
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every 30 s would drown the operator's log
+
+
 def serve() -> None:
     """Serve /metrics from the start, before leader election: a standby replica answers too
     (process metrics, no tsb_ series), so its scrape target is up rather than down."""
@@ -36,9 +56,13 @@ def serve() -> None:
     if not address or _serving:
         return
     host, _sep, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104  (a pod's own interfaces)
     REGISTRY.register(StoreCollector(STORE))
-    # In a pod every interface is the pod's own; the chart's NetworkPolicy narrows who asks.
-    start_http_server(int(port), addr=host or "0.0.0.0")  # noqa: S104
+    server_class = type("Server", (_Server,), {
+        "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+    httpd: WSGIServer = make_server(host, int(port), make_wsgi_app(REGISTRY), server_class,
+                                    handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     _serving = True
     log.info("serving Prometheus metrics on %s/metrics", address)
 
