@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -133,6 +134,17 @@ def exit_on_lost(reason: str) -> None:
     os._exit(1)
 
 
+class ReusePortServer(socketserver.TCPServer):
+    """Binds with SO_REUSEPORT: pods of the e2e node agent share the host's network, so two
+    replicas bind the same address; in a real pod, with its own network, it changes nothing.
+    Mixed in by the probe endpoint here and the metrics endpoint."""
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class Health:
     """The probe endpoint (`/healthz`, any path), served by every replica from the start.
 
@@ -163,14 +175,9 @@ class Health:
 
         host = parts.hostname or "0.0.0.0"  # noqa: S104  (a probe endpoint)
 
-        class Server(ThreadingHTTPServer):
+        class Server(ReusePortServer, ThreadingHTTPServer):
             daemon_threads = True
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-            def server_bind(self) -> None:
-                if hasattr(socket, "SO_REUSEPORT"):
-                    self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                super().server_bind()
 
         self.server = Server((host, parts.port or 8081), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="health",

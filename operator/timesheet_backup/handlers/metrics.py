@@ -17,6 +17,7 @@ import kopf
 from prometheus_client import REGISTRY, make_wsgi_app
 
 from timesheet_backup import constants as c
+from timesheet_backup.election import ReusePortServer
 from timesheet_backup.handlers.common import now
 from timesheet_backup.metrics import STORE, StoreCollector
 
@@ -32,15 +33,8 @@ def _key(body: kopf.Body) -> tuple[str, str]:
     return (body.metadata.namespace or "", body.metadata.name or "")
 
 
-class _Server(ThreadingMixIn, WSGIServer):
+class _Server(ReusePortServer, ThreadingMixIn, WSGIServer):
     daemon_threads = True
-
-    def server_bind(self) -> None:
-        # As for the probe endpoint (election.Health): pods of the e2e node agent share one
-        # network, so two replicas bind the same address; in a real pod it changes nothing.
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 class _QuietHandler(WSGIRequestHandler):
