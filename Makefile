@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: help deps venv tools crds lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down operator-up demo bench clean
+        cluster-up cluster-down operator-up demo bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ venv: $(STAMP) ## create .venv with the pinned (constraints.txt) dependencies
 tools: ## build the pinned Go binaries (apiserver, etcd, kubectl, helm, versitygw, ...) into the cache
 	bash tests/cluster/build-tools.sh
 
+image: ## the image (timesheet-backup-operator:dev) and test PostgreSQL 15/17/18 server images, offline (Docker)
+	bash tests/cluster/build-images.sh
+
 crds: $(STAMP) ## regenerate crds/, the chart's copy and docs/api.md from the API models
 	$(PY) -m timesheet_backup.api.crds crds
 	$(PY) -m timesheet_backup.api.crds charts/timesheet-backup-operator/crds
@@ -36,12 +39,12 @@ crds: $(STAMP) ## regenerate crds/, the chart's copy and docs/api.md from the AP
 lint: $(STAMP) ## ruff, mypy and hadolint
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile tests/cluster/pgserver/Dockerfile
 
 test-unit: $(STAMP) ## pure code, no services
 	$(VENV)/bin/pytest -m unit tests/unit
 
-test-integration: $(STAMP) tools ## the agent against real PostgreSQL and S3 servers
+test-integration: $(STAMP) tools image ## the agent against real PostgreSQL and S3 servers (and the image against servers 15/17/18)
 	$(VENV)/bin/pytest -m integration tests/integration
 
 test-e2e: $(STAMP) tools ## the operator on the local control plane (started if not up)

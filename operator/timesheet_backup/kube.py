@@ -102,6 +102,17 @@ def pods_using_claim(namespace: str, claim: str) -> list[dict[str, Any]]:
     return result
 
 
+def deployments_using_claim(namespace: str, claim: str) -> list[dict[str, Any]]:
+    """Deployments whose pod template mounts the claim (the app, even when scaled to 0)."""
+    items = _plain(apps().list_namespaced_deployment(namespace))["items"]
+    return [
+        dict(d) for d in items
+        if any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+               for v in ((d.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+                   "volumes") or [])
+    ]
+
+
 def read_secret_key(namespace: str, name: str, key: str) -> str:
     """A Secret's value; raises LookupError with a message fit for status (never the value)."""
     try:

@@ -4,10 +4,18 @@
 # and the citext extension of the sample schema; zstd, age, tar, gzip: the by-hand restore
 # recipes are tested with the standard tools; openssl: the control plane's certificates;
 # util-linux: unshare/runuser/setpriv/flock for the node agent and cluster-up; procps: pgrep.
+# debootstrap and docker.io: `make image` (tests/cluster/build-images.sh) builds the image and
+# the test PostgreSQL server images without a registry, on Debian bases made with debootstrap;
+# docker.io's client (< 23) builds with BuildKit without the buildx plugin. An engine from
+# another package (docker-ce) counts as installed.
 set -euo pipefail
-packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl)
+packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl
+          debootstrap docker.io)
 missing=()
 for p in "${packages[@]}"; do
+  if [ "$p" = docker.io ] && command -v dockerd >/dev/null; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

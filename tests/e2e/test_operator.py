@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Cluster, create_namespace, delete_namespace, wait_for
-from tests.support.dbsnapshot import assert_same
-from tests.support.operator import App, delete_all, drop_app, make_app
+from tests.support.dbsnapshot import APP_ROLE, assert_same
+from tests.support.operator import APP_UID, App, delete_all, drop_app, make_app
 from tests.support.trees import assert_same_tree
 
 pytestmark = pytest.mark.e2e
@@ -52,8 +52,12 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
     pod_spec = job.spec.template.spec
     assert pod_spec.automount_service_account_token is False
     assert pod_spec.containers[0].security_context.read_only_root_filesystem is True
-    # The web pod mounts the RWO claim: the backup pod went to its node.
+    # The web pod mounts the RWO claim: the backup pod went to its node, as the app's uid.
     assert pod_spec.affinity.node_affinity is not None
+    assert (pod_spec.security_context.run_as_user, pod_spec.security_context.run_as_group) == \
+        (APP_UID, APP_UID)
+    assert st["jobIdentity"].startswith(f"uid {APP_UID}, gid {APP_UID}, as pod timesheet-web-")
+    assert any(e.reason == "Identity" for e in app.events("nightly"))
 
     app.wipe_database()
     for path in sorted((app.uploads_dir / "files").rglob("*"), reverse=True):
@@ -75,7 +79,11 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
     assert all(s["phase"] == "Succeeded" for s in rst["steps"])
     assert rst["quiesced"] == [{"name": "timesheet-web", "replicas": 1}]
     assert app.web_replicas() == 1
+    # The app's pods were gone: the identity came from its Deployment's template.
+    assert rst["jobIdentity"] == (f"uid {APP_UID}, gid {APP_UID}, as Deployment "
+                                  "timesheet-web, which mounts timesheet-uploads")
     assert_same(db_before, app.db_snapshot())
+    # Contents, modes, mtimes and owners (the app's uid) are back.
     assert_same_tree(tree_before, app.tree())
 
 
@@ -263,7 +271,7 @@ def test_post_restore_hook_runs_after_the_data_is_back(app: App) -> None:
             "env": [
                 {"name": "PGHOST", "value": f"timesheet-db.{app.namespace}.svc"},
                 {"name": "PGDATABASE", "value": app.database},
-                {"name": "PGUSER", "value": app.pg_env["PGUSER"]},
+                {"name": "PGUSER", "value": APP_ROLE},
                 {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
                     "name": "timesheet-db", "key": "password"}}},
             ],

@@ -17,7 +17,8 @@ import pytest
 from psycopg import sql
 
 from tests.support.cluster import Cluster, secret_data
-from tests.support.operator import OPERATOR_NAMESPACE, App, Operator, run_tool
+from tests.support.dbsnapshot import APP_ROLE
+from tests.support.operator import APP_DB_PASSWORD, OPERATOR_NAMESPACE, App, Operator, run_tool
 from tests.support.secretscan import Finding, scan_text
 
 pytestmark = pytest.mark.e2e
@@ -35,12 +36,16 @@ def known(app: App) -> Iterator[dict[str, str]]:
         "wrong-password": f"wrongPw-{secrets.token_urlsafe(18)}",
         "s3-secret-key": app.s3_env["AWS_SECRET_ACCESS_KEY"],
         "postgres-password": app.pg_env["PGPASSWORD"],
+        "app-password": APP_DB_PASSWORD,
         "age-identity": str(pyrage.x25519.Identity.generate()),
     }
     with app.connect("postgres") as conn:
-        # Superuser: the restore drops and recreates objects owned by the app's roles.
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+        # Not a superuser: a member of the app's owner role, which may drop and recreate
+        # what that role (and, through it, the reporting role) owns.
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(values["db-password"])))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APP_ROLE),
+                                                     sql.Identifier(role)))
     core = app.cluster.core
     for name, key in (("scan-db", "db-password"), ("wrong-db", "wrong-password"),
                       ("age-key", "age-identity")):

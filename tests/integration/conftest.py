@@ -8,14 +8,20 @@ another's fault.
 
 Fixtures
     pg                 session  PostgresServer; roles timesheet/timesheet_reporting/
-                                timesheet_readonly exist, ``pg.role_passwords["timesheet"]``
+                                timesheet_readonly exist, ``pg.role_passwords["timesheet"]``.
+                                ``pg.user`` is the superuser: for set-up only. The agent
+                                connects as ``timesheet`` (NOSUPERUSER, NOCREATEDB, owner
+                                of the sample databases), as in production
+    app_role_createdb  function ``timesheet`` has CREATEDB during the test (the agent's
+                                ``--create-database``), NOCREATEDB again afterwards
     s3                 session  S3Server (versitygw), ``s3.client()``, ``s3.env()``
     toxiproxy          session  ToxiProxy server
     bucket             function a fresh, empty bucket name (deleted afterwards)
     sample_db          function a fresh database with the Northstar schema and sample data
                                 (scale 1), copied from a session template; dropped afterwards
     sample_db_factory  function ``make(scale=1, name=None) -> name`` for more or bigger ones
-    scratch_db_name    function an unused database name, dropped afterwards if created
+    scratch_db_name    function an unused database name, dropped afterwards if created;
+                                uses ``app_role_createdb`` (the agent may create it)
     uploads_tree       function a directory with the edge-case uploads tree (trees.py)
     pg_proxy           function toxiproxy Proxy in front of ``pg`` (``.host``, ``.port``)
     s3_proxy           function toxiproxy Proxy in front of ``s3`` (``.url`` is an endpoint)
@@ -186,8 +192,22 @@ def sample_db_factory(pg: PostgresServer) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
-def scratch_db_name(pg: PostgresServer) -> Iterator[str]:
-    """A database name nobody uses yet (a restore target); dropped afterwards if created."""
+def app_role_createdb(pg: PostgresServer) -> Iterator[str]:
+    """The owner role may create databases for this test: what ``createDatabase`` (the
+    agent's ``--create-database``) and a schedule's restore tests need in production.
+    The documented set-up (``CREATE DATABASE timesheet_db OWNER timesheet``) does not give
+    it, so the role goes back to NOCREATEDB afterwards. Returns the role's name."""
+    pg.set_createdb(APP_ROLE, True)
+    yield APP_ROLE
+    if not pg.running:
+        pg.start()
+    pg.set_createdb(APP_ROLE, False)
+
+
+@pytest.fixture
+def scratch_db_name(pg: PostgresServer, app_role_createdb: str) -> Iterator[str]:
+    """A database name nobody uses yet (a restore target the agent, connected as the owner
+    role, may create with ``--create-database``); dropped afterwards if created."""
     name = _unique("ts_restore")
     yield name
     _drop_database(pg, name)

@@ -28,6 +28,7 @@ from tests.support.agent import (
     read_manifest,
     restore_args,
 )
+from tests.support.dbsnapshot import APP_ROLE
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 
@@ -68,9 +69,10 @@ def peak_rss(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, int,
 @pytest.fixture
 def big_db(pg: PostgresServer, scratch_db_name: str) -> str:
     """~300 MB of rows, mostly incompressible (random bytea): what a few years of timesheets
-    with attachment thumbnails might weigh."""
-    pg.create_database(scratch_db_name)
-    with pg.connection(scratch_db_name) as conn:
+    with attachment thumbnails might weigh. Owned by the application's role, which the
+    agent connects as."""
+    pg.create_database(scratch_db_name, owner=APP_ROLE)
+    with pg.connection(scratch_db_name, user=APP_ROLE) as conn:
         conn.execute("CREATE TABLE bulk (id bigint PRIMARY KEY, note text, thumb bytea)")
         rows, batch = 1_600_000, 200_000
         for start in range(0, rows, batch):

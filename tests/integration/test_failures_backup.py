@@ -11,9 +11,11 @@ from pathlib import Path
 
 from tests.support.agent import (
     AGENT,
+    DB_USER,
     agent_env,
     assert_failed_cleanly,
     backup_args,
+    db_password,
     manifest_key,
     run_agent,
     s3_args,
@@ -49,7 +51,7 @@ def test_database_down(
     run = run_agent(
         backup_args(pg, s3, bucket, sample_db, None), agent_env(tmp_path, pg, s3), tmp_path
     )
-    assert_failed_cleanly(run, s3, bucket, secret=pg.password)
+    assert_failed_cleanly(run, s3, bucket, secret=db_password(pg))
     assert "the database server is unreachable" in run.error_line
 
 
@@ -188,7 +190,7 @@ def test_bad_arguments_are_config_errors(
         "--db-host",
         pg.host,
         "--db-user",
-        pg.user,
+        DB_USER,
         "--db-name",
         "d",
         *s3_args(s3, bucket),

@@ -209,7 +209,9 @@ def test_no_owner_restore_differs_only_in_owners_and_acl(
     pg: PostgresServer, sample_db: str, scratch_db_name: str
 ) -> None:
     pg.create_database(scratch_db_name, owner=ds.APP_ROLE)
-    plain = _pg_tool(pg, "pg_dump", "--no-owner", "--no-privileges", "-d", sample_db)
+    plain = _pg_tool(
+        pg, "pg_dump", "--no-owner", "--no-privileges", "-d", sample_db, user=ds.APP_ROLE
+    )
     _pg_tool(
         pg,
         "psql",

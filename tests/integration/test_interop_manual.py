@@ -31,6 +31,7 @@ from tests.support.agent import (
     run_agent,
     s3_args,
 )
+from tests.support.dbsnapshot import APP_ROLE
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 from tests.support.trees import assert_same_tree, snapshot_tree
@@ -55,7 +56,13 @@ def sh(script: str, env: dict[str, str], cwd: Path) -> None:
 
 
 def pg_env(pg: PostgresServer, tmp_path: Path) -> dict[str, str]:
-    return {"PATH": f"{pg.bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), **pg.env()}
+    """The by-hand tools connect as the application's owner role, like the guide's
+    `pg_dump -U timesheet timesheet_db`."""
+    return {
+        "PATH": f"{pg.bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        **pg.env(user=APP_ROLE),
+    }
 
 
 def download(s3: S3Server, bucket: str, key: str, directory: Path) -> Path:
@@ -138,7 +145,7 @@ def test_database_artifact_restores_by_hand(
     env = pg_env(pg, tmp_path)
     check_sha256(path, artifact, env)
 
-    pg.create_database(scratch_db_name)
+    pg.create_database(scratch_db_name, owner=APP_ROLE)  # CREATE DATABASE ... OWNER timesheet
     sh(script, {**env, "TARGET": scratch_db_name}, work)
     dbsnapshot.assert_same(db_snapshot(pg, sample_db), db_snapshot(pg, scratch_db_name))
 

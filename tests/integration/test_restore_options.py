@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import dbsnapshot
 from tests.support.agent import (
+    DB_USER,
     agent_env,
     backup,
     backup_args,
@@ -71,7 +72,7 @@ def test_plain_clean_drops_objects_added_since(
 ) -> None:
     before = db_snapshot(pg, sample_db)
     backup(pg, s3, bucket, sample_db, tmp_path, extra=("--db-format", "plain"))
-    with pg.connection(sample_db) as conn:
+    with pg.connection(sample_db, user=DB_USER) as conn:  # the app (its migrations) adds them
         conn.execute("CREATE TABLE public.added_later (id int)")
         conn.execute("CREATE SCHEMA extra")
     restore(pg, s3, bucket, sample_db, tmp_path, extra=("--clean",))
@@ -132,7 +133,7 @@ def test_no_owner_restore(
         owner = conn.execute(
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.accounts'::regclass"
         ).fetchone()
-    assert owner == (pg.user,)
+    assert owner == (DB_USER,)  # the role that ran the restore
 
 
 def test_table_subset(
@@ -222,7 +223,12 @@ def test_missing_target_database_needs_create_database(
 
 
 def test_default_target_is_the_backed_up_database(
-    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, tmp_path: Path
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    sample_db: str,
+    app_role_createdb: str,
+    tmp_path: Path,
 ) -> None:
     before = db_snapshot(pg, sample_db)
     backup(pg, s3, bucket, sample_db, tmp_path)
@@ -242,7 +248,7 @@ def test_default_target_is_the_backed_up_database(
             "--db-port",
             str(pg.port),
             "--db-user",
-            pg.user,
+            DB_USER,
             "--create-database",
             "--bucket",
             bucket,

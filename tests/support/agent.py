@@ -5,6 +5,10 @@ The agent always runs as a separate process through its console entry point, wit
 environment built from scratch: connection flags as a Job builder would write them, and the
 secrets (PGPASSWORD, AWS keys, the age identity) only in the environment, as Secret-injected
 variables.
+
+The agent connects as the application's owner role (``DB_USER``, ``timesheet``: LOGIN,
+NOSUPERUSER, owner of the sample databases), as it does in production; never as the
+test server's superuser, which only sets up roles and fixtures.
 """
 
 from __future__ import annotations
@@ -24,6 +28,18 @@ from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 
 AGENT = [sys.executable, "-m", "timesheet_backup"]
+DB_USER = dbsnapshot.APP_ROLE  # the role the agent connects as
+
+
+def db_password(pg: PostgresServer, user: str = DB_USER) -> str:
+    """The password of ``user`` (made by ``pg.create_role``/``dbsnapshot.ensure_roles``)."""
+    try:
+        return pg.role_passwords[user]
+    except KeyError:
+        raise AssertionError(
+            f"no role {user!r} made on this server yet: call dbsnapshot.ensure_roles(server) "
+            "(or create_sample_database) before running the agent against it"
+        ) from None
 
 
 @dataclass
@@ -63,10 +79,12 @@ def agent_env(
     pg: PostgresServer | None = None,
     s3: S3Server | None = None,
     extra: Mapping[str, str] | None = None,
+    *,
+    db_user: str = DB_USER,
 ) -> dict[str, str]:
     env = base_env(tmp_path)
     if pg is not None:
-        env["PGPASSWORD"] = pg.password
+        env["PGPASSWORD"] = db_password(pg, db_user)
     if s3 is not None:
         env |= {
             "AWS_ACCESS_KEY_ID": s3.access_key,
@@ -77,17 +95,34 @@ def agent_env(
     return env
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """An identity to run the agent as (what a pod's runAsUser/runAsGroup/fsGroup and
+    supplementalGroups give its process). Needs root; tmp_path must be reachable by it."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def prefix(self) -> list[str]:
+        groups = ["--groups", ",".join(map(str, self.groups))] if self.groups else [
+            "--clear-groups"]
+        return ["setpriv", "--reuid", str(self.uid), "--regid", str(self.gid), *groups, "--"]
+
+
 def run_agent(
     args: Sequence[str],
     env: Mapping[str, str],
     tmp_path: Path,
     timeout: float = 300,
+    user: RunAs | None = None,
 ) -> AgentRun:
     import subprocess
 
     term = tmp_path / f"termination-{os.urandom(4).hex()}.json"
     proc = subprocess.run(
-        [*AGENT, *args, "--termination-message-path", str(term)],
+        [*(user.prefix() if user else []), *AGENT, *args, "--termination-message-path",
+         str(term)],
         env=dict(env),
         capture_output=True,
         text=True,
@@ -115,8 +150,14 @@ def s3_args(
     ]
 
 
-def db_args(pg: PostgresServer, flag: str = "--db-name", dbname: str | None = None) -> list[str]:
-    args = ["--db-host", pg.host, "--db-port", str(pg.port), "--db-user", pg.user]
+def db_args(
+    pg: PostgresServer,
+    flag: str = "--db-name",
+    dbname: str | None = None,
+    *,
+    db_user: str = DB_USER,
+) -> list[str]:
+    args = ["--db-host", pg.host, "--db-port", str(pg.port), "--db-user", db_user]
     if dbname is not None:
         args += [flag, dbname]
     return args

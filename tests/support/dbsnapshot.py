@@ -79,13 +79,19 @@ PARTS = ("data", "sequences", "catalog", "owners", "acl")
 def ensure_roles(pg: PostgresServer, app_password: str | None = None) -> None:
     """Create the cluster-wide roles the schema refers to (idempotent).
 
-    ``timesheet`` logs in (with ``app_password``, remembered by ``pg`` so that
-    ``pg.dsn(db, user="timesheet")`` works) and is a member of ``timesheet_reporting``, so it
-    can both dump everything and restore ownership of the reporting objects.
+    ``timesheet`` is the application's owner role in production's shape: LOGIN (with
+    ``app_password``, remembered by ``pg`` so that ``pg.dsn(db, user="timesheet")`` and
+    ``pg.env(user="timesheet")`` work), NOSUPERUSER, NOCREATEDB, NOCREATEROLE — what the
+    guide's ``CREATE DATABASE timesheet_db OWNER timesheet`` gives it: the sample databases
+    and their objects are its own. It is a member of ``timesheet_reporting``, so it can both
+    dump everything and restore ownership of the reporting objects. Tests that let the agent
+    create a database grant CREATEDB for their duration (conftest ``app_role_createdb``).
+    This is the role the agent connects as in the integration tests; the superuser only sets
+    up roles, servers and fixtures.
     """
     if app_password is None and APP_ROLE not in pg.role_passwords:
         app_password = secrets.token_urlsafe(18)
-    pg.create_role(APP_ROLE, password=app_password, login=True, exist_ok=True)
+    pg.create_role(APP_ROLE, password=app_password, login=True, createdb=False, exist_ok=True)
     pg.create_role(REPORTING_ROLE, login=False, exist_ok=True)
     pg.create_role(READONLY_ROLE, login=False, exist_ok=True)
     pg.execute(

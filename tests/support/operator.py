@@ -24,13 +24,14 @@ from kubernetes import client as k8s
 from psycopg import sql
 
 from tests.support.cluster import REPO_ROOT, Cluster, describe_namespace, secret_data, wait_for
-from tests.support.dbsnapshot import SAMPLE_ROLES, load_sample, load_schema, snapshot
-from tests.support.trees import make_uploads_tree, snapshot_tree
+from tests.support.dbsnapshot import APP_ROLE, SAMPLE_ROLES, load_sample, load_schema, snapshot
+from tests.support.trees import make_app_owned, make_uploads_tree, snapshot_tree
 
 GROUP, VERSION = "backup.northstar.io", "v1alpha1"
 OPERATOR_NAMESPACE = "tsb-system"
 RELEASE = "tsb"
-AGENT_UID = 65532
+# The example web app's uid (examples/app/web.yaml): not the agent's 65532.
+APP_UID = 1000
 
 
 def tool_env(cluster: Cluster) -> dict[str, str]:
@@ -132,7 +133,7 @@ class App:
     # --- uploads --------------------------------------------------------------------------
 
     def tree(self) -> dict[str, Any]:
-        return snapshot_tree(self.uploads_dir, owners=False)
+        return snapshot_tree(self.uploads_dir, owners=True)
 
     # --- resources ------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class App:
 
     def database_spec(self, name: str | None = None) -> dict[str, Any]:
         return {"host": f"timesheet-db.{self.namespace}.svc", "name": name or self.database,
-                "user": self.pg_env["PGUSER"],
+                "user": APP_ROLE,
                 "passwordSecretRef": {"name": "timesheet-db", "key": "password"}}
 
     def create(self, plural: str, name: str, spec: dict[str, Any],
@@ -193,11 +194,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The password of the app's own role (roles are cluster-wide, so one per test process).
+APP_DB_PASSWORD = f"app-{secrets.token_urlsafe(18)}"
+
+
 def _create_roles(conn: psycopg.Connection[Any]) -> None:
+    """The sample's roles; `timesheet` is the app's owner role, which the operator's Jobs use,
+    as in production: LOGIN, not a superuser. CREATEDB because Restores with
+    `createDatabase` and the schedules' restore tests create databases (docs/security.md)."""
     for role in SAMPLE_ROLES:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD {}")
+                 .format(sql.Identifier(APP_ROLE), sql.Literal(APP_DB_PASSWORD)))
     conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(SAMPLE_ROLES[1]),
                                                  sql.Identifier(SAMPLE_ROLES[0])))
 
@@ -224,7 +234,7 @@ def make_app(cluster: Cluster, namespace: str, *, web: bool = True) -> App:
     core = cluster.core
     core.create_namespaced_secret(namespace, {"metadata": {"name": "timesheet-db"},
                                               "data": secret_data(
-                                                  {"password": pg_env["PGPASSWORD"]})})
+                                                  {"password": APP_DB_PASSWORD})})
     core.create_namespaced_secret(namespace, {"metadata": {"name": "backup-s3"},
                                               "data": secret_data(
                                                   {"AWS_ACCESS_KEY_ID":
@@ -264,8 +274,8 @@ def fill_volume(volume: Path, subdir: str, seed: int) -> None:
     # Its absolute symlink names this host's path, which is outside the volume as pods
     # mount it: the agent rightly refuses to restore such a link.
     (volume / subdir / "links" / "absolute-inside").unlink()
-    # The agent runs as a non-root user, like the app that owns the uploads.
-    subprocess.run(["chown", "-R", "-h", f"{AGENT_UID}:{AGENT_UID}", str(volume)], check=True)
+    # As the app leaves it: its own uid (not the agent's), 0600/0640 files, 0700/0750 dirs.
+    make_app_owned(volume, APP_UID, APP_UID)
 
 
 def claim_directory(cluster: Cluster, namespace: str, claim: str) -> Path:

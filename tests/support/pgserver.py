@@ -391,13 +391,18 @@ class PostgresServer:
         finally:
             conn.close()
 
-    def env(self, dbname: str | None = None) -> dict[str, str]:
-        """libpq environment for child processes (``pg_dump``, ``psql``, the agent)."""
+    def env(self, dbname: str | None = None, *, user: str | None = None) -> dict[str, str]:
+        """libpq environment for child processes (``pg_dump``, ``psql``, the agent).
+
+        Defaults to the superuser; ``user`` names a role made by :meth:`create_role` (its
+        password is filled in), e.g. the application's owner role.
+        """
+        user = user or self.user
         env = {
             "PGHOST": self.host,
             "PGPORT": str(self.port),
-            "PGUSER": self.user,
-            "PGPASSWORD": self.password,
+            "PGUSER": user,
+            "PGPASSWORD": self.role_passwords.get(user, ""),
         }
         if dbname is not None:
             env["PGDATABASE"] = dbname
@@ -444,9 +449,14 @@ class PostgresServer:
         password: str | None = None,
         superuser: bool = False,
         login: bool = True,
+        createdb: bool = False,
         exist_ok: bool = False,
     ) -> str:
-        """Create a role; with ``exist_ok`` an existing role gets the given password/flags."""
+        """Create a role; with ``exist_ok`` an existing role gets the given password/flags.
+
+        Every flag is written out (``NOSUPERUSER NOCREATEDB ...``), so an existing role ends
+        up with exactly the flags asked for.
+        """
         exists = bool(self.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)))
         if exists and not exist_ok:
             raise PostgresError(f"role {name!r} already exists")
@@ -454,6 +464,8 @@ class PostgresServer:
         flags = [
             "SUPERUSER" if superuser else "NOSUPERUSER",
             "LOGIN" if login else "NOLOGIN",
+            "CREATEDB" if createdb else "NOCREATEDB",
+            "NOCREATEROLE",
         ]
         stmt = sql.SQL(verb + " ROLE {} " + " ".join(flags)).format(sql.Identifier(name))
         if password is not None:
@@ -462,6 +474,11 @@ class PostgresServer:
         if password is not None:
             self.role_passwords[name] = password
         return name
+
+    def set_createdb(self, name: str, allowed: bool) -> None:
+        """Give a role the CREATEDB attribute, or take it away (``ALTER ROLE``)."""
+        flag = "CREATEDB" if allowed else "NOCREATEDB"
+        self.execute(sql.SQL("ALTER ROLE {} " + flag).format(sql.Identifier(name)))
 
     def drop_role(self, name: str) -> None:
         self.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -444,3 +444,24 @@ def read_members(path: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
              tarfile.DIRTYPE: "dir"}  # fmt: skip
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         return [(m.name, names.get(m.type, repr(m.type)), m.linkname) for m in tar.getmembers()]
+
+
+def make_app_owned(root: str | os.PathLike[str], uid: int, gid: int, *,
+                   file_modes: tuple[int, ...] = (0o600, 0o640),
+                   dir_modes: tuple[int, ...] = (0o700, 0o750)) -> Path:
+    """Give a tree the shape a web app leaves it in: every entry owned by the app's uid/gid,
+    files 0600/0640 and directories 0700/0750 (alternating, so both kinds occur), mtimes
+    untouched. Needs root."""
+    root = Path(root)
+    for i, rel in enumerate(_walk(root)):
+        path = root / rel
+        os.lchown(path, uid, gid)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            path.chmod(dir_modes[i % len(dir_modes)])
+        elif stat.S_ISREG(st.st_mode):
+            path.chmod(file_modes[i % len(file_modes)])
+    os.chown(root, uid, gid)
+    root.chmod(dir_modes[-1])
+    return root
+

@@ -153,3 +153,14 @@ def test_summarize_empty_stderr() -> None:
 def test_parse_version() -> None:
     assert pgtools.parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n") == "15.18"
     assert pgtools.parse_version("pg_dump (PostgreSQL) 17beta1") == "17"
+
+
+def test_psql_error_wins_over_its_context_lines() -> None:
+    """A plain restore's failing statement, not the PL/pgSQL context psql prints after it."""
+    lines = [
+        "psql:<stdin>:14: ERROR:  must be owner of schema extra",
+        "CONTEXT:  SQL statement \"DROP SCHEMA IF EXISTS extra CASCADE\"",
+        "PL/pgSQL function inline_code_block line 14 at EXECUTE",
+    ]
+    summary = pgtools.summarize_stderr("psql", lines)
+    assert summary.startswith("psql failed: must be owner of schema extra"), summary

@@ -254,3 +254,21 @@ def test_incomplete_backup_names_every_missing_field() -> None:
 def test_deep_merge() -> None:
     assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}, "d": 0}) == \
         {"a": {"b": 1, "c": [2]}, "d": 0}
+
+
+def test_agent_jobs_get_the_default_resources_unless_they_set_their_own() -> None:
+    defaults = {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    config = settings.OperatorConfig(defaults=settings.Defaults(
+        job=models.JobSpec(resources=defaults)))
+
+    def resources(**overrides: Any) -> Any:
+        spec = pod.AgentJob(name="n", namespace="ns", owner={
+            "apiVersion": "v", "kind": "Restore", "metadata": {"name": "n", "uid": "u"}},
+            labels={}, args=[], **overrides)
+        return pod.agent_job(spec, config)["spec"]["template"]["spec"]["containers"][0].get(
+            "resources")
+
+    assert resources() == defaults
+    own = {"limits": {"memory": "2Gi"}}
+    assert resources(job=models.JobSpec(resources=own)) == own
+    assert resources(image="app:1") is None  # a hook's image: its author sizes it

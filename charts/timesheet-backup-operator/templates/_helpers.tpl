@@ -52,7 +52,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [get]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, patch]
+  verbs: [get, list, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from timesheet_backup import __version__
-from timesheet_backup.agent import pgtools, postgres, streams, tarstream
+from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
 from timesheet_backup.agent.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
@@ -116,7 +116,8 @@ def _stream_to_store(
 
 
 def _dump_database(
-    store: S3Store, request: BackupRequest, key: str, server_version: str, dump_version: str
+    store: S3Store, request: BackupRequest, key: str, server_version: str, dump_version: str,
+    dump_bin: Path | None = None,
 ) -> mf.Artifact:
     conn = request.database
     if conn is None:
@@ -125,7 +126,8 @@ def _dump_database(
     env = dict(os.environ)
 
     def stream_dump(sink: streams.Sink) -> None:
-        tool = postgres.Tool(pgtools.pg_dump_args(conn, options), stdout=subprocess.PIPE, env=env)
+        tool = postgres.Tool(clients.located(pgtools.pg_dump_args(conn, options), dump_bin),
+                             stdout=subprocess.PIPE, env=env)
         try:
             streams.copy(tool.stdout, sink)
         except BaseException:
@@ -138,7 +140,8 @@ def _dump_database(
         with tempfile.TemporaryDirectory(prefix="tsb-dump-", dir=request.work_dir) as tmp:
             out = Path(tmp) / "dump"
             log.info("dumping %s with %d jobs into %s", conn.dbname, options.jobs, out)
-            postgres.Tool(pgtools.pg_dump_args(conn, options, str(out)), env=env).check()
+            postgres.Tool(clients.located(pgtools.pg_dump_args(conn, options, str(out)),
+                                          dump_bin), env=env).check()
             result, verified, _ = _stream_to_store(
                 store, key, request, lambda sink: tarstream.write_tar(out, sink)
             )
@@ -227,9 +230,14 @@ def run_backup(
     encrypted = bool(request.recipients)
 
     server_version = dump_version = ""
+    dump_bin: Path | None = None
     if COMPONENT_DATABASE in request.components and request.database is not None:
         server_version = postgres.server_version(request.database)
-        dump_version = postgres.tool_version("pg_dump")
+        server_major = clients.check_server(server_version)
+        bins = clients.discover()
+        if bins:  # else: whatever pg_dump is on PATH (a machine without Debian's layout)
+            dump_bin = bins[clients.dump_client(server_major, list(bins))]
+        dump_version = postgres.tool_version(clients.located(["pg_dump"], dump_bin)[0])
         log.info(
             "database %s: server %s, pg_dump %s",
             request.database.dbname,
@@ -243,7 +251,7 @@ def run_backup(
                 "(is the volume mounted?)"
             )
         if not os.access(request.uploads_dir, os.R_OK | os.X_OK):
-            raise FilesystemError(f"uploads directory {str(request.uploads_dir)!r} is not readable")
+            raise FilesystemError(tarstream.unreadable_message(request.uploads_dir, ["."]))
     store.check_bucket()
     existing = _check_existing(store, manifest_key, request.backup_id)
     if existing is not None:
@@ -258,7 +266,8 @@ def run_backup(
                 request.dump.format, request.compression, encrypted
             )
             written.append(key)
-            artifacts.append(_dump_database(store, request, key, server_version, dump_version))
+            artifacts.append(_dump_database(store, request, key, server_version, dump_version,
+                                            dump_bin))
         if COMPONENT_UPLOADS in request.components:
             key = directory + layout.uploads_artifact_name(request.compression, encrypted)
             written.append(key)

@@ -261,6 +261,13 @@ def add_parsers(commands: Any) -> None:
         help="database to connect to for CREATE DATABASE (default %(default)s)",
     )
     target.add_argument("--create-database", action="store_true")
+    target.add_argument(
+        "--create-owner",
+        default=None,
+        metavar="ROLE",
+        help="owner of the database --create-database creates (CREATE DATABASE ... OWNER); "
+        "the connecting role must be a member of it. Default: the connecting role",
+    )
     target.add_argument("--clean", action="store_true", help="drop existing objects first")
     target.add_argument("--no-owner", action="store_true")
     target.add_argument("--jobs", type=int, default=1, help="parallel pg_restore")
@@ -498,6 +505,7 @@ def run_restore_command(args: argparse.Namespace) -> int:
             database=database,
             maintenance_db=args.maintenance_db,
             create_database=args.create_database,
+            create_owner=args.create_owner,
             clean=args.clean,
             no_owner=args.no_owner,
             jobs=args.jobs,

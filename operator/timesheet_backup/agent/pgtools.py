@@ -136,6 +136,21 @@ def pg_restore_args(conn: Connection, options: RestoreOptions, input_path: str |
     return args
 
 
+def pg_restore_script_args(options: RestoreOptions, input_path: str | None) -> list[str]:
+    """pg_restore writing the SQL script to stdout (for psql to run in one transaction)."""
+    if options.format not in ("custom", "directory"):
+        raise ConfigError(f"pg_restore cannot read the {options.format} format")
+    args = ["pg_restore", "--exit-on-error", f"--format={options.format}", "--file=-"]
+    if options.clean:
+        args += ["--clean", "--if-exists"]
+    if options.no_owner:
+        args.append("--no-owner")
+    args += list(options.extra)
+    if input_path is not None:
+        args.append(input_path)
+    return args
+
+
 def psql_restore_args(conn: Connection) -> list[str]:
     """psql running a plain SQL dump from stdin in one transaction, stopping at the first
     error (which rolls everything back)."""
@@ -203,7 +218,10 @@ $tsb_clean$;
 """
 
 
-_ERROR_LINE = re.compile(r"^(?:pg_dump|pg_restore|psql)(?::[^:]*)?: error: (.*)$")
+# `pg_dump: error: ...`, `pg_restore: error: ...`, and psql's `psql:<stdin>:14: ERROR:  ...`
+# (a plain restore's failing statement; the lines after it are only its context).
+_ERROR_LINE = re.compile(
+    r"^(?:pg_dump|pg_restore|psql)(?::[^:\s]*)*: (?:error|ERROR|FATAL): +(.*)$")
 
 
 def summarize_stderr(tool: str, lines: Sequence[str]) -> str:

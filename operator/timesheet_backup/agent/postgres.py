@@ -58,13 +58,35 @@ def database_exists(conn: Connection, maintenance_db: str) -> bool:
         )
 
 
-def create_database(conn: Connection, maintenance_db: str) -> None:
+def create_database(conn: Connection, maintenance_db: str, owner: str | None = None) -> None:
+    """CREATE DATABASE, owned by ``owner`` if given (else by the connecting role).
+
+    PostgreSQL's rules: the connecting role needs CREATEDB (or is a superuser), and to give
+    the database another owner it must be a member of that role."""
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname))
+    if owner:
+        statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
     with _connect(conn.with_dbname(maintenance_db)) as c:
         try:
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conn.dbname)))
+            c.execute(statement)
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot create database {conn.dbname!r}: {exc}") from None
-    log.info("created database %s", conn.dbname)
+            detail = " ".join(str(exc).split())
+            hint = _create_database_hint(detail, conn.user, owner)
+            message = f"cannot create database {conn.dbname!r}: {detail}"
+            raise DatabaseError(f"{message} ({hint})" if hint else message) from None
+    if owner:
+        log.info("created database %s owned by %s", conn.dbname, owner)
+    else:
+        log.info("created database %s", conn.dbname)
+
+
+def _create_database_hint(detail: str, user: str, owner: str | None) -> str | None:
+    text = detail.lower()
+    if "permission denied to create database" in text:
+        return f"the role {user!r} needs the CREATEDB attribute to create databases"
+    if owner and ("must be member of role" in text or "must be able to set role" in text):
+        return f"to create a database owned by {owner!r}, {user!r} must be a member of that role"
+    return pgtools.classify(detail)
 
 
 def drop_database(conn: Connection, maintenance_db: str) -> None:

@@ -22,6 +22,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import IO, Any, Final
 
 import zstandard
 
-from timesheet_backup.agent import pgtools, postgres, streams, tarstream
+from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
 from timesheet_backup.agent.errors import (
     AgentError,
     ConfigError,
@@ -59,6 +60,7 @@ class RestoreRequest:
     database: Connection | None = None  # dbname: the target, empty for the backup's own
     maintenance_db: str = "postgres"
     create_database: bool = False
+    create_owner: str | None = None  # CREATE DATABASE ... OWNER; None: the connecting role
     clean: bool = False
     no_owner: bool = False
     jobs: int = 1
@@ -81,6 +83,10 @@ class RestoreRequest:
             raise ConfigError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
         if self.jobs < 1:
             raise ConfigError("--jobs must be at least 1")
+        if self.create_owner is not None and not self.create_database:
+            raise ConfigError("--create-owner needs --create-database")
+        if self.create_owner == "":
+            raise ConfigError("--create-owner must name a role")
         if self.checks and COMPONENT_UPLOADS in self.components and len(self.components) == 1:
             raise ConfigError("--check needs the database component")
 
@@ -172,15 +178,108 @@ def verify_object(store: S3Store, artifact: mf.Artifact) -> str | None:
 # --- database ------------------------------------------------------------------------
 
 
+class Loader:
+    """Where a dump goes: pg_restore or psql reading stdin (or `input_path`), or — when the
+    plan says so — pg_restore writing the SQL script that psql runs, through the preamble
+    filter. psql gets the end of its input (and COMMITs) only after pg_restore succeeded:
+    a failed or killed pg_restore kills psql, which rolls back."""
+
+    def __init__(self, conn: Connection, fmt: str, request: RestoreRequest,
+                 plan: clients.RestorePlan, bin_dir: Path | None,
+                 input_path: str | None = None, jobs: int = 1) -> None:
+        env = dict(os.environ)
+        stdin = subprocess.PIPE if input_path is None else None
+        self.producer: postgres.Tool | None = None
+        self._pump: threading.Thread | None = None
+        self._pump_error: BaseException | None = None
+        if fmt == "plain":
+            self.consumer = postgres.Tool(clients.located(pgtools.psql_restore_args(conn),
+                                                          bin_dir),
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          env=env)
+            self._input: Any = (clients.PreambleFilter(self.consumer.stdin)
+                                if plan.drop_timeout else self.consumer.stdin)
+            return
+        if not plan.script:
+            options = RestoreOptions(fmt, request.clean, request.no_owner, jobs, jobs == 1)
+            self.consumer = postgres.Tool(
+                clients.located(pgtools.pg_restore_args(conn, options, input_path), bin_dir),
+                stdin=stdin, stdout=subprocess.DEVNULL, env=env)
+            self._input = self.consumer.stdin if input_path is None else None
+            return
+        if jobs > 1:
+            log.warning("restoring with 1 job: the script of a newer pg_restore goes through "
+                        "psql for a server before %d", clients.TRANSACTION_TIMEOUT_SINCE)
+        options = RestoreOptions(fmt, request.clean, request.no_owner, 1, False)
+        self.consumer = postgres.Tool(clients.located(pgtools.psql_restore_args(conn), bin_dir),
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        self.producer = postgres.Tool(
+            clients.located(pgtools.pg_restore_script_args(options, input_path), bin_dir),
+            stdin=stdin, stdout=subprocess.PIPE, env=env)
+        self._input = self.producer.stdin if input_path is None else None
+        script = clients.PreambleFilter(self.consumer.stdin)
+        producer = self.producer
+
+        def pump() -> None:
+            try:
+                streams.copy(producer.stdout, script)
+                script.flush()  # not close: psql must not see the end before check()
+            except BaseException as exc:  # psql stopped reading: reported by check()
+                self._pump_error = exc
+                producer.kill()  # else it blocks on its full stdout, and its writer with it
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    @property
+    def stdin(self) -> Any:
+        if self._input is None:
+            raise RuntimeError("this loader reads a file, not stdin")
+        return self._input
+
+    def close_input(self) -> None:
+        if self._input is not None:
+            self._input.close()
+
+    def check(self) -> None:
+        """Wait for the tools and raise the failure that explains the others: psql's own
+        error when it stopped reading, else pg_restore's (then psql is killed, rolling back
+        what it ran so far), else psql's after it saw the whole script."""
+        if self.producer is not None:
+            if self._pump is not None:
+                self._pump.join()  # at the end of the script, or when psql stopped reading
+            if self._pump_error is not None:
+                self.consumer.check()
+                raise DatabaseError(f"psql stopped reading the restore script "
+                                    f"({self._pump_error})")
+            try:
+                self.producer.check()
+            except BaseException:
+                self.consumer.kill()
+                raise
+            self.consumer.stdin.close()
+        self.consumer.check()
+
+    def kill(self) -> None:
+        for tool in (self.producer, self.consumer):
+            if tool is not None:
+                tool.kill()  # a killed session rolls its transaction back
+
+    @property
+    def name(self) -> str:
+        return (self.producer or self.consumer).name
+
+
 def _restore_streaming(
     store: S3Store,
     artifact: mf.Artifact,
     identities: Sequence[Any],
     conn: Connection,
     request: RestoreRequest,
+    plan: clients.RestorePlan,
+    bin_dir: Path | None,
 ) -> None:
     etag = verify_object(store, artifact) if request.verify == "before" else None
-    env = dict(os.environ)
     preamble = b""
     if artifact.format == "plain":
         if request.no_owner:
@@ -195,31 +294,30 @@ def _restore_streaming(
                     "use the custom format"
                 )
             preamble = pgtools.CLEAN_PLAIN_PREAMBLE.encode()
-        args = pgtools.psql_restore_args(conn)
-    else:
-        options = RestoreOptions("custom", request.clean, request.no_owner, 1, True)
-        args = pgtools.pg_restore_args(conn, options, None)
-    tool = postgres.Tool(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    loader = Loader(conn, "plain" if artifact.format == "plain" else "custom", request, plan,
+                    bin_dir)
     try:
         with ArtifactReader(store, artifact, identities, etag) as reader:
-            holder = streams.WithholdingWriter(tool.stdin)
+            holder = streams.WithholdingWriter(loader.stdin)
             try:
                 if preamble:
-                    tool.stdin.write(preamble)
+                    # Ahead of the dump's own preamble: straight to psql, not through the
+                    # filter (which stops filtering at the first statement).
+                    loader.consumer.stdin.write(preamble)
                 streams.copy(reader, holder)
                 reader.finish()
                 holder.release()
-                tool.stdin.close()
+                loader.close_input()
             except BrokenPipeError:
                 # The tool stopped reading. A corrupted artifact (streaming mode) explains
                 # that better than the tool's own complaint, so check the rest first.
                 reader.finish()
-                tool.check()
-                raise DatabaseError(f"{tool.name} stopped reading its input early") from None
+                loader.check()
+                raise DatabaseError(f"{loader.name} stopped reading its input early") from None
     except BaseException:
-        tool.kill()  # a killed session rolls its transaction back
+        loader.kill()
         raise
-    tool.check()
+    loader.check()
 
 
 def _restore_from_files(
@@ -228,6 +326,8 @@ def _restore_from_files(
     identities: Sequence[Any],
     conn: Connection,
     request: RestoreRequest,
+    plan: clients.RestorePlan,
+    bin_dir: Path | None,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="tsb-restore-", dir=request.work_dir) as tmp:
         with ArtifactReader(store, artifact, identities) as reader:
@@ -241,14 +341,33 @@ def _restore_from_files(
                     streams.copy(reader, out)
             reader.finish()
         log.info("verified %s; restoring with %d jobs", artifact.key, request.jobs)
-        options = RestoreOptions(
-            artifact.format, request.clean, request.no_owner, request.jobs, request.jobs == 1
-        )
-        postgres.Tool(
-            pgtools.pg_restore_args(conn, options, str(path)),
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ),
-        ).check()
+        loader = Loader(conn, artifact.format, request, plan, bin_dir, str(path), request.jobs)
+        try:
+            loader.check()
+        except BaseException:
+            loader.kill()
+            raise
+
+
+def _plan(artifact: mf.Artifact, conn: Connection,
+          request: RestoreRequest) -> tuple[clients.RestorePlan, Path | None, int]:
+    """The client and way to restore into this server (agent/clients.py)."""
+    target_version = postgres.server_version(conn.with_dbname(request.maintenance_db))
+    target = clients.check_server(target_version, "target")
+    dump_major = clients.major_of(artifact.pg_dump_version) if artifact.pg_dump_version \
+        else None
+    bins = clients.discover()
+    if not bins:  # a machine without Debian's layout: the tools on PATH, as they are
+        return clients.RestorePlan(0, False, False), None, target
+    plan = clients.restore_plan(artifact.format or "custom", dump_major, target, list(bins))
+    source = clients.major_of(artifact.server_version) if artifact.server_version else None
+    if source is not None and target < source:
+        log.warning("restoring a dump of PostgreSQL %s into an older server (%s): it loads "
+                    "only if it uses nothing the older server lacks", artifact.server_version,
+                    target_version)
+    log.info("target server %s: restoring with %s", target_version,
+             plan.describe(artifact.format or "custom"))
+    return plan, bins[plan.client], target
 
 
 def restore_database(
@@ -271,14 +390,15 @@ def restore_database(
             raise DatabaseError(
                 f"target database {dbname!r} does not exist (use --create-database)"
             )
-        postgres.create_database(conn, request.maintenance_db)
+        postgres.create_database(conn, request.maintenance_db, owner=request.create_owner)
         created = True
     log.info("restoring %s (%s format) into database %s", artifact.key, artifact.format, dbname)
     try:
+        plan, bin_dir, target_major = _plan(artifact, conn, request)
         if artifact.format == "directory" or request.jobs > 1:
-            _restore_from_files(store, artifact, identities, conn, request)
+            _restore_from_files(store, artifact, identities, conn, request, plan, bin_dir)
         else:
-            _restore_streaming(store, artifact, identities, conn, request)
+            _restore_streaming(store, artifact, identities, conn, request, plan, bin_dir)
     except BaseException:
         if created:
             log.info("dropping database %s, created for this failed restore", dbname)
@@ -300,6 +420,8 @@ def restore_database(
         "format": artifact.format,
         "checks": checks,
         "dropped": request.drop_after,
+        "serverMajor": target_major,
+        "client": plan.describe(artifact.format or "custom"),
     }
 
 

@@ -51,6 +51,9 @@ class TarStats:
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    # Entries the agent's identity may not read (files it cannot open, directories it cannot
+    # list). The walk goes on without writing, so the failure names them all, not the first.
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def file_count(self) -> int:
@@ -179,20 +182,26 @@ class _ExactReader:
         return data
 
 
-def _walk(root: Path, patterns: Sequence[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def _walk(
+    root: Path, patterns: Sequence[str], unreadable: list[str]
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """(relative path, entry) in pre-order (a directory, then everything inside it, then
     its next sibling; what `tar -c` writes and GNU tar expects to restore directory mtimes),
-    sorted by name, excluded entries and everything below them skipped."""
+    sorted by name, excluded entries and everything below them skipped. Directories that
+    cannot be listed are appended to `unreadable` (relative path + "/") and walked no further."""
 
-    def listing(directory: Path) -> Iterator[os.DirEntry[str]]:
+    def listing(directory: Path, relative: str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except FileNotFoundError:
             return iter(())
+        except PermissionError:
+            unreadable.append(relative or ".")
+            return iter(())
         return iter(entries)
 
-    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", listing(root))]
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", listing(root, ""))]
     while stack:
         prefix, entries = stack[-1]
         entry = next(entries, None)
@@ -206,7 +215,7 @@ def _walk(root: Path, patterns: Sequence[str]) -> Iterator[tuple[str, os.DirEntr
             continue
         yield relative, entry
         if entry.is_dir(follow_symlinks=False):
-            stack.append((relative + "/", listing(Path(entry.path))))
+            stack.append((relative + "/", listing(Path(entry.path), relative + "/")))
 
 
 def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, file: IO[bytes] | None) -> Any:
@@ -236,13 +245,51 @@ def write_tar(root: Path, sink: Sink, exclude: Sequence[str] = ()) -> TarStats:
         bufsize=CHUNK,
         errors="surrogateescape",
     ) as tar:
-        try:
-            tar.addfile(_tarinfo(tar, str(root), ".", None))
-            for relative, entry in _walk(root, exclude):
-                _add_entry(tar, root, relative, entry, stats)
-        except PermissionError as exc:
-            raise FilesystemError(f"cannot read {exc.filename!r} in the uploads directory") from exc
+        tar.addfile(_tarinfo(tar, str(root), ".", None))
+        for relative, entry in _walk(root, exclude, stats.unreadable):
+            _add_entry(tar, root, relative, entry, stats)
+        if stats.unreadable:
+            raise FilesystemError(unreadable_message(root, stats.unreadable))
     return stats
+
+
+UNREADABLE_SHOWN: Final = 5
+
+
+def unreadable_message(root: Path, unreadable: Sequence[str]) -> str:
+    """Which entries the agent could not read, as whom, and what to change."""
+    first = unreadable[0]
+    try:
+        st = os.lstat(root / first)
+        owner = f" (owner {st.st_uid}:{st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o})"
+    except OSError:
+        owner = ""
+    shown = ", ".join(repr(p) for p in unreadable[:UNREADABLE_SHOWN])
+    more = len(unreadable) - UNREADABLE_SHOWN
+    rest = f" and {more} more" if more > 0 else ""
+    groups = ",".join(str(g) for g in sorted(set(os.getgroups()) | {os.getegid()}))
+    return (
+        f"cannot read {len(unreadable)} entr{'y' if len(unreadable) == 1 else 'ies'} of the "
+        f"uploads directory as uid {os.geteuid()} (groups {groups}): {shown}{rest}; first "
+        f"{first!r}{owner}. Run the backup as the app's identity: set job.podSecurityContext "
+        f"(runAsUser/runAsGroup/fsGroup) to the user or group that owns the files"
+    )
+
+
+def _open_for_reading(path: str, st: os.stat_result) -> int:
+    """Open a regular file without following links. O_NOATIME spares the volume an inode
+    write per file, but the kernel allows it only to the file's owner (EPERM otherwise, even
+    on a world-readable file): ask for it only on our own files, and fall back to a plain
+    open if it is refused anyway (e.g. the owner changed between stat and open)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime and st.st_uid == os.geteuid():
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(path, flags)
 
 
 def _add_entry(
@@ -252,7 +299,15 @@ def _add_entry(
     try:
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISREG(st.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+            try:
+                fd = _open_for_reading(path, st)
+            except PermissionError:
+                stats.unreadable.append(relative)
+                return
+            if stats.unreadable:
+                # The backup fails anyway: only finish counting what cannot be read.
+                os.close(fd)
+                return
             with os.fdopen(fd, "rb", buffering=CHUNK) as file:
                 info = _tarinfo(tar, path, relative, file)
                 if info.type == tarfile.LNKTYPE:
@@ -329,6 +384,7 @@ class SafeExtractor:
         self.absolute_roots = tuple(absolute_roots)
         # As root, restore numeric owners like GNU tar does; otherwise files are the caller's.
         self.same_owner = os.geteuid() == 0 if same_owner is None else same_owner
+        self._groups = frozenset({os.getegid(), *os.getgroups()})
         self.stats = TarStats()
         self._dirs: list[_DirAttrs] = []
         self._root: tuple[int, int] | None = None
@@ -458,6 +514,10 @@ class SafeExtractor:
     def _chown(self, path: Path, member: tarfile.TarInfo) -> None:
         if self.same_owner:
             os.lchown(path, member.uid, member.gid)
+        elif member.uid == os.geteuid() and member.gid in self._groups:
+            # Not root, but running as the files' owner (the app's identity): the owner may
+            # give a file any group it belongs to, so the recorded group comes back too.
+            os.lchown(path, -1, member.gid)
 
     def _check_symlinks(self) -> None:
         """Final guard: every symlink of the complete tree resolves inside it."""

@@ -177,7 +177,11 @@ class JobSpec:
     tolerations: list[Any] | None = field("Tolerations of the pod.", default=None)
     affinity: Any = field("Affinity of the pod.", default=None)
     pod_security_context: Any = field(
-        "Pod security context; the default runs as a non-root user (65532).", default=None
+        "Pod security context, used as given. Default: a Job that mounts the uploads volume "
+        "runs as the app (runAsUser/runAsGroup/fsGroup/supplementalGroups of the pods or "
+        "Deployment that mount the claim; never root unless set here), any other as the "
+        "agent's non-root user 65532.",
+        default=None,
     )
 
 
@@ -416,6 +420,13 @@ class RestoreSource:
 class RestoreDatabaseTarget:
     """Where the database is restored; unset fields: the backup's database."""
 
+    __cel__ = (
+        {
+            "rule": "!has(self.owner) || (has(self.createDatabase) && self.createDatabase)",
+            "message": "owner applies to a database the restore creates: set createDatabase",
+        },
+    )
+
     host: str | None = field("Server host.", default=None, pattern=v.HOST_PATTERN,
                              maxLength=253)
     port: int | None = field("Server port.", default=None, minimum=1, maximum=65535)
@@ -426,6 +437,12 @@ class RestoreDatabaseTarget:
                                                      default=None)
     ssl_mode: SslMode | None = field("libpq sslmode.", default=None)
     create_database: bool = field("Create the database if it does not exist.", default=False)
+    owner: str | None = field(
+        "Role that owns the database createDatabase creates, like the guide's "
+        "`CREATE DATABASE timesheet_db OWNER timesheet`; needs createDatabase. The connecting "
+        "role needs CREATEDB and must be a member of this role (or a superuser), as PostgreSQL "
+        "requires. Default: the connecting role. An existing database keeps its owner.",
+        default=None, maxLength=63, **_TEXT)
     clean: bool = field("Drop existing objects before restoring them.", default=True)
     no_owner: bool = field("Do not restore ownership.", default=False)
     jobs: int | None = field("Parallel restore jobs.", default=None, minimum=1, maximum=32)
@@ -604,6 +621,9 @@ class RunStatus(ObservedStatus):
 
     database_target: str | None = field(
         "host:port/database it works on; one Job at a time per target.", default=None)
+    job_identity: str | None = field(
+        "Who the Job runs as (uid, groups) and where that was taken from.", default=None,
+        maxLength=1024)
     start_time: str | None = field("When it started.", default=None, **_TIME)
     completion_time: str | None = field("When it ended.", default=None, **_TIME)
 

@@ -18,9 +18,11 @@ from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.handlers import bucket
 from timesheet_backup.handlers.common import (
+    claim_users,
     config,
     database_target,
     enter,
+    job_identity,
     lock_database,
     not_terminal,
     now,
@@ -72,13 +74,20 @@ def manifest_key_of(body: Mapping[str, Any], spec: models.BackupSpec) -> str:
     return layout.manifest_key(prefix or "", meta["namespace"], meta["name"])
 
 
-def backup_job(body: Mapping[str, Any], spec: models.BackupSpec,
-               run_on_node: str | None) -> dict[str, Any]:
+def uploads_claim(spec: models.BackupSpec) -> str | None:
+    if "uploads" in spec.components and spec.uploads and spec.uploads.claim_name:
+        return spec.uploads.claim_name
+    return None
+
+
+def backup_job(body: Mapping[str, Any], spec: models.BackupSpec, run_on_node: str | None,
+               security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     volumes = []
-    if "uploads" in spec.components and spec.uploads and spec.uploads.claim_name:
-        volumes.append(PodVolume("uploads", spec.uploads.claim_name, UPLOADS_MOUNT,
+    claim = uploads_claim(spec)
+    if claim and spec.uploads:
+        volumes.append(PodVolume("uploads", claim, UPLOADS_MOUNT,
                                  spec.uploads.sub_path, read_only=True))
     job = AgentJob(
         name=child_name(name, "backup"),
@@ -90,21 +99,9 @@ def backup_job(body: Mapping[str, Any], spec: models.BackupSpec,
         volumes=volumes,
         job=spec.job or models.JobSpec(),
         run_on_node=run_on_node,
+        security_context=security_context,
     )
     return agent_job(job, config())
-
-
-def node_of_claim_user(namespace: str, spec: models.BackupSpec) -> str | None:
-    """The node where a running pod already mounts the uploads claim: a ReadWriteOnce
-    volume can only be attached there, so the backup pod must go there too."""
-    if "uploads" not in spec.components or not spec.uploads or not spec.uploads.claim_name:
-        return None
-    for pod in kube.pods_using_claim(namespace, spec.uploads.claim_name):
-        node = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if node and phase in ("Running", "Pending"):
-            return str(node)
-    return None
 
 
 def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
@@ -129,11 +126,16 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         enter(body, patch, "Pending", "WaitingForRestore",
               f"waiting for {blocker} of the same database to finish")
         return
-    manifest = backup_job(body, spec, node_of_claim_user(namespace, spec))
+    claim = uploads_claim(spec)
+    users = claim_users(namespace, claim)
+    explicit = spec.job.pod_security_context if spec.job else None
+    chosen = job_identity(body, explicit, claim, users)
+    manifest = backup_job(body, spec, users.node, chosen.security_context)
     kube.create_job(manifest)
     job_name = manifest["metadata"]["name"]
     enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started",
           event="Normal", jobName=job_name, startTime=timestamp(now()), backupId=meta["uid"],
+          jobIdentity=chosen.description,
           manifestKey=manifest_key, components=",".join(spec.components),
           databaseTarget=target, resolved=dump(spec),
           schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -12,6 +13,7 @@ import kopf
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube, status
+from timesheet_backup.jobs import identity
 from timesheet_backup.settings import OperatorConfig
 from timesheet_backup.status import TERMINAL_PHASES
 
@@ -131,3 +133,43 @@ def lock_database(namespace: str, target: str | None, plural: str, name: str,
         claims = [cl for cl in claims if (cl[0], cl[1]) != (plural, name)]
         _claims[(namespace, target)] = [*claims, (plural, name, moment + CLAIM_SECONDS)]
         return None
+
+
+@dataclass(frozen=True)
+class ClaimUsers:
+    """Who uses the uploads claim: the app's pods and pod templates (for the Job's identity)
+    and the node a running one is on (a ReadWriteOnce volume can only be attached there)."""
+
+    observed: list[identity.Observed]
+    node: str | None
+
+
+def claim_users(namespace: str, claim: str | None) -> ClaimUsers:
+    if not claim:
+        return ClaimUsers([], None)
+    observed: list[identity.Observed] = []
+    node = None
+    for pod in kube.pods_using_claim(namespace, claim):
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        if labels.get(c.LABEL_MANAGED_BY) == c.MANAGED_BY or phase not in ("Running", "Pending"):
+            continue  # our own agent pods, and pods that already ended
+        observed.append(identity.Observed(f"pod {pod['metadata']['name']}", pod.get("spec") or {}))
+        node = node or (pod.get("spec") or {}).get("nodeName")
+    for deployment in kube.deployments_using_claim(namespace, claim):
+        template = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+        observed.append(identity.Observed(f"Deployment {deployment['metadata']['name']}",
+                                          template))
+    return ClaimUsers(observed, str(node) if node else None)
+
+
+def job_identity(body: Mapping[str, Any], explicit: Mapping[str, Any] | None,
+                 claim: str | None, users: ClaimUsers) -> identity.Identity:
+    """Decide the Job's identity and say it in an Event (a warning when it cannot be the
+    app's own)."""
+    chosen = identity.choose(explicit, claim, users.observed)
+    if chosen.warning:
+        post_event(body, "Warning", "IdentityNotApp", chosen.warning)
+    elif claim:
+        post_event(body, "Normal", "Identity", f"the Job runs as {chosen.description}")
+    return chosen

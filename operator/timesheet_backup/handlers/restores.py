@@ -23,9 +23,11 @@ from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import deep_merge
 from timesheet_backup.handlers import bucket
 from timesheet_backup.handlers.common import (
+    claim_users,
     config,
     database_target,
     enter,
+    job_identity,
     lock_database,
     not_terminal,
     now,
@@ -231,7 +233,8 @@ def unquiesce(namespace: str, restore: str, names: list[str]) -> list[str]:
 
 
 def restore_job(body: Mapping[str, Any], spec: models.RestoreSpec,
-                resolved: Mapping[str, Any]) -> dict[str, Any]:
+                resolved: Mapping[str, Any],
+                security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     meta = body["metadata"]
     volumes = []
     uploads = resolved.get("uploads")
@@ -247,6 +250,7 @@ def restore_job(body: Mapping[str, Any], spec: models.RestoreSpec,
         env=agent_args.restore_env(spec, resolved),
         volumes=volumes,
         job=spec.job or models.JobSpec(),
+        security_context=security_context,
     ), config())
 
 
@@ -440,7 +444,18 @@ class Machine:
         return None
 
     def step_restore(self) -> None:
-        manifest = restore_job(self.body, self.spec, self.st.get("resolved") or {})
+        resolved = self.st.get("resolved") or {}
+        security_context = None
+        if kube.get_job(self.namespace, child_name(self.name, "restore")) is None:
+            # Decided once, when the Job is created: the restored files must belong to the
+            # app (whose pods are gone by now: its Deployment's template tells who it is).
+            claim = (resolved.get("uploads") or {}).get("claimName")
+            explicit = self.spec.job.pod_security_context if self.spec.job else None
+            chosen = job_identity(self.body, explicit, claim,
+                                  claim_users(self.namespace, claim))
+            security_context = chosen.security_context
+            write(self.patch, {"jobIdentity": chosen.description})
+        manifest = restore_job(self.body, self.spec, resolved, security_context)
         state, message = run_job(manifest)
         write(self.patch, {"jobName": manifest["metadata"]["name"]})
         if state == "running":

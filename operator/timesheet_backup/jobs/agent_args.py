@@ -96,6 +96,8 @@ def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[
         args += connection_args(db, "--target-db-name")
         if db.get("createDatabase"):
             args.append("--create-database")
+        if db.get("owner"):
+            args.append(f"--create-owner={db['owner']}")
         if db.get("clean", True):
             args.append("--clean")
         if db.get("noOwner"):

@@ -13,9 +13,10 @@ from typing import Any
 
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
+from timesheet_backup.jobs import identity
 from timesheet_backup.settings import OperatorConfig
 
-AGENT_UID = 65532
+AGENT_UID = identity.AGENT_UID
 UPLOADS_MOUNT = "/data/uploads"
 # Scratch space (an emptyDir; TMPDIR points there). Not /tmp: a volume over /tmp would also
 # hide whatever lives below it, which on the e2e harness includes the agent's own code.
@@ -97,6 +98,9 @@ class AgentJob:
     run_on_node: str | None = None
     image: str | None = None
     command: Sequence[str] | None = None
+    # The pod securityContext chosen by identity.choose (the app's identity for Jobs that
+    # mount the uploads); None: job.podSecurityContext or the agent's default.
+    security_context: Mapping[str, Any] | None = None
 
 
 def node_affinity(node: str) -> dict[str, Any]:
@@ -117,12 +121,8 @@ def node_affinity(node: str) -> dict[str, Any]:
 def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
     tuning = spec.job
     labels = {c.LABEL_MANAGED_BY: c.MANAGED_BY, **spec.labels}
-    pod_security = tuning.pod_security_context or {
-        "runAsNonRoot": True,
-        "runAsUser": AGENT_UID,
-        "runAsGroup": AGENT_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    pod_security = dict(spec.security_context or identity.choose(
+        tuning.pod_security_context, None, ()).security_context)
     mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
     # No sizeLimit: the directory format and parallel restores stage the whole artifact here.
     volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
@@ -145,14 +145,21 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
+            # Root only when job.podSecurityContext asks for it explicitly (identity.py).
+            "runAsNonRoot": pod_security.get("runAsUser") != 0,
             "capabilities": {"drop": ["ALL"]},
         },
     }
     if spec.command is not None:
         container["command"] = list(spec.command)
-    if tuning.resources:
-        container["resources"] = tuning.resources
+    # Requests and limits: the resource's own, else the operator's defaults (chart values
+    # `defaults.job.resources`, sized from measurements) for the agent; a hook runs another
+    # image, whose needs only its author knows.
+    default_job = config.defaults.job
+    resources = tuning.resources or (
+        default_job.resources if default_job and spec.image is None else None)
+    if resources:
+        container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
