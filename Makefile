@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: help deps venv tools crds lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down operator-up demo bench image clean
+        test-docs cluster-up cluster-down operator-up demo bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,7 +50,10 @@ test-integration: $(STAMP) tools image ## the agent against real PostgreSQL and 
 test-e2e: $(STAMP) tools ## the operator on the local control plane (started if not up)
 	$(VENV)/bin/pytest -m e2e tests/e2e
 
-test: deps lint test-unit test-integration test-e2e ## all tiers
+test-docs: $(STAMP) tools ## the docs: YAML blocks dry-run on the cluster, commands, fields, metrics, cited tests
+	$(VENV)/bin/pytest -m docs tests/docs
+
+test: deps lint test-unit test-integration test-e2e test-docs ## all tiers
 
 cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
 	TOOLS_BIN=$$(bash tests/cluster/build-tools.sh | tail -1) bash tests/cluster/cluster-up.sh

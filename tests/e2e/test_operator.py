@@ -77,6 +77,7 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
     assert [s["name"] for s in rst["steps"]] == ["resolve", "wait", "quiesce", "restore",
                                                  "unquiesce", "verify"]
     assert all(s["phase"] == "Succeeded" for s in rst["steps"])
+    assert "currentStep" not in rst  # kubectl's STEP column is empty once it ended
     assert rst["quiesced"] == [{"name": "timesheet-web", "replicas": 1}]
     assert app.web_replicas() == 1
     # The app's pods were gone: the identity came from its Deployment's template.

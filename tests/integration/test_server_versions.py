@@ -252,3 +252,31 @@ def test_a_failing_script_restore_stops_with_psqls_error_and_changes_nothing(
     assert "psql failed" in run.stderr and "already exists" in run.stderr, run.describe()
     assert_same(before, db_snapshot(target, into))
     target.drop_database(into)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_in_place_clean_restore_as_the_owner_role(
+        servers: dict[int, PostgresServer], s3: S3Server, bucket: str, tmp_path: Path,
+        major: int) -> None:
+    """The day-one case on each server: back up the app's database, lose data, put the
+    backup back over it (`--clean`, one transaction) as the app's own role."""
+    server = servers[major]
+    db = sample(server)
+    try:
+        before = db_snapshot(server, db)
+        manifest = backup(server, s3, bucket, db, tmp_path)
+        with server.connection(db, user=APP_ROLE) as conn:
+            conn.execute("DELETE FROM entries")
+            conn.execute("CREATE TABLE scratch_after_backup (x int)")
+        run = run_in_image(restore_args(server, s3, bucket, str(manifest["_key"]), db, None,
+                                        extra=["--clean"]),
+                           agent_env(tmp_path, server, s3))
+        assert run.returncode == 0, run.describe()
+        after = db_snapshot(server, db)
+        # pg_restore --clean drops what the dump has; a table made after the backup stays.
+        assert "scratch_after_backup" in str(after)
+        with server.connection(db, user=APP_ROLE) as conn:
+            conn.execute("DROP TABLE scratch_after_backup")
+        assert_same(before, db_snapshot(server, db))
+    finally:
+        server.drop_database(db)

@@ -214,8 +214,9 @@ class DatabaseSpec:
     )
     ssl_mode: SslMode | None = field("libpq sslmode. Default prefer.", default=None)
     format: DumpFormat = field(
-        "pg_dump format: custom (default; selective and parallel restore), plain SQL, or "
-        "directory (parallel dump).",
+        "pg_dump format: custom (default; restored with pg_restore, in parallel with the "
+        "Restore's database.jobs; single tables only by hand, docs/manual-restore.md), plain "
+        "SQL, or directory (parallel dump).",
         default="custom",
     )
     jobs: int | None = field(

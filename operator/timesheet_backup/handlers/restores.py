@@ -369,6 +369,9 @@ class Machine:
             enter(self.body, self.patch, "Succeeded", "Completed",
                   f"restored from {source}", event="Normal", currentStep=None,
                   steps=self.st.get("steps"))
+        # transition() leaves None out; a null in the merge patch removes the field, so a
+        # finished Restore shows no STEP (the steps list keeps the history).
+        write(self.patch, {"currentStep": None})
 
     def tick(self) -> None:
         step = self.st.get("currentStep") or "resolve"
