@@ -104,7 +104,9 @@ class StorageSpec:
         default=None,
     )
     credentials_secret_ref: CredentialsSecretRef | None = field(
-        "Secret with S3 credentials; absent: the pod's cloud identity (e.g. IRSA).", default=None
+        "Secret with S3 credentials. The agent Jobs need it: they carry no cloud identity "
+        "(no ServiceAccount token), so without it only the operator's own S3 calls can "
+        "work, through its pod's identity (e.g. IRSA).", default=None
     )
     storage_class: str | None = field(
         "S3 storage class of the artifacts, e.g. STANDARD_IA.",

@@ -46,8 +46,8 @@ def describe(exc: BaseException, action: str, bucket: str, key: str | None = Non
         return StorageError(f"could not {action} {where}: {code}: {message}")
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return StorageError(
-            "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-            "or give the pod a cloud identity (IRSA)"
+            "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (in a Backup "
+            "or Restore: storage.credentialsSecretRef)"
         )
     if isinstance(exc, EndpointConnectionError):
         return StorageError(f"cannot reach the object store to {action} {where}: {exc}")
