@@ -63,6 +63,17 @@ def test_previous_at_or_before() -> None:
     assert cron.previous_at_or_before("0 2 * * *", utc(2026, 1, 2, 1, 59)) == utc(2026, 1, 1, 2)
 
 
+def test_previous_inside_a_repeated_hour_is_the_latest_firing() -> None:
+    """Berlin falls back on 2026-10-25 (03:00 CEST -> 02:00 CET): at 01:20Z the wall clock
+    reads 02:20 for the second time; the latest */15 firing is 02:45 CEST (00:45Z), not
+    02:15 CEST (00:15Z), and a catch-up must not go back before a run already made."""
+    at = utc(2026, 10, 25, 1, 20)
+    assert cron.previous_at_or_before("*/15 * * * *", at, "Europe/Berlin") == \
+        utc(2026, 10, 25, 0, 45)
+    assert cron.next_after("*/15 * * * *", utc(2026, 10, 25, 0, 45), "Europe/Berlin") == \
+        utc(2026, 10, 25, 2, 0)
+
+
 def test_macros() -> None:
     assert cron.next_after("@daily", utc(2026, 1, 1, 5)) == utc(2026, 1, 2)
     assert cron.next_after("@HOURLY", utc(2026, 1, 1, 5, 1)) == utc(2026, 1, 1, 6)
@@ -99,7 +110,7 @@ def test_next_is_after_and_previous_not(at: datetime, zone: str, expr: str) -> N
     prev = cron.previous_at_or_before(expr, at, zone)
     assert prev <= at < nxt
     # Nothing fires strictly between them: the next firing after `prev` is `nxt`.
-    assert cron.next_after(expr, prev, zone) == nxt or cron.next_after(expr, prev, zone) <= at
+    assert cron.next_after(expr, prev, zone) == nxt
 
 
 @settings(max_examples=100, deadline=None)
@@ -234,3 +245,34 @@ def test_retention_properties(raw: list[tuple[str | None, int]], policy: Retenti
             newest_of_day = max((r for r in good if r.time.astimezone(tz).date() == day),
                                 key=lambda r: (r.time, r.name))
             assert newest_of_day in kept_good
+
+
+def _transitions(zone: str, year: int) -> list[datetime]:
+    """The UTC hours of `year` at which `zone`'s UTC offset changes."""
+    tz = ZoneInfo(zone)
+    hour = datetime(year, 1, 1, tzinfo=UTC)
+    found = []
+    while hour.year == year:
+        nxt = hour + timedelta(hours=1)
+        if hour.astimezone(tz).utcoffset() != nxt.astimezone(tz).utcoffset():
+            found.append(nxt)
+        hour = nxt
+    return found
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize("expr", ["*/15 * * * *", "30 2 * * *", "0 * * * *"])
+def test_every_dst_transition_of_2026(zone: str, expr: str) -> None:
+    """Around each change of offset, minute by minute: no firing skipped or doubled (the next
+    after the previous is the next), and the previous firing never goes backwards."""
+    for change in _transitions(zone, 2026):
+        last = None
+        at = change - timedelta(hours=3)
+        while at <= change + timedelta(hours=3):
+            prev = cron.previous_at_or_before(expr, at, zone)
+            nxt = cron.next_after(expr, at, zone)
+            assert prev <= at < nxt
+            assert cron.next_after(expr, prev, zone) == nxt, (zone, expr, at)
+            assert last is None or prev >= last, (zone, expr, at)
+            last = prev
+            at += timedelta(minutes=5)

@@ -56,11 +56,21 @@ def validate(expr: str, time_zone: str | None = None) -> None:
         raise CronError(f"invalid cron schedule {expr!r}: {exc}") from exc
 
 
+# How far past (backwards) or before (forwards) a time's own wall-clock time a search
+# starts: more than any DST shift (1 h almost everywhere, 2 h historically). Inside a
+# repeated (fall-back) hour a time's wall clock reads the second pass while the hour's
+# firings belong to the first, and a spring-forward gap's firings come after the wall time
+# that ends the gap: a search from the time's own wall clock would skip them.
+_SEARCH_AHEAD = timedelta(hours=3)
+
+
 def next_after(expr: str, after: datetime, time_zone: str | None = None) -> datetime:
-    """The first firing time strictly after `after` (an aware datetime), in UTC."""
+    """The first firing time strictly after `after` (an aware datetime), in UTC. cronsim
+    works on naive wall-clock times; the search starts `_SEARCH_AHEAD` before `after`'s wall
+    time, because a firing in a spring-forward gap (02:30 on a day that skips from 02:00 to
+    03:00) happens after a wall time such as 03:00 (see `_to_instant`)."""
     tz = zone(time_zone)
-    local = after.astimezone(tz).replace(tzinfo=None)
-    # cronsim works on naive wall-clock times; step past `after` itself.
+    local = after.astimezone(tz).replace(tzinfo=None) - _SEARCH_AHEAD
     it = CronSim(normalize(expr), local.replace(second=0, microsecond=0))
     while True:
         candidate = next(it)
@@ -70,9 +80,11 @@ def next_after(expr: str, after: datetime, time_zone: str | None = None) -> date
 
 
 def previous_at_or_before(expr: str, at: datetime, time_zone: str | None = None) -> datetime:
-    """The latest firing time at or before `at`, in UTC."""
+    """The latest firing time at or before `at`, in UTC. Firing instants grow with wall time
+    (`_to_instant`), so the first one at or before `at`, searching backwards from a wall
+    time surely past it, is the latest."""
     tz = zone(time_zone)
-    local = at.astimezone(tz).replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+    local = at.astimezone(tz).replace(tzinfo=None, microsecond=0) + _SEARCH_AHEAD
     it = CronSim(normalize(expr), local.replace(second=0), reverse=True)
     while True:
         candidate = next(it)
