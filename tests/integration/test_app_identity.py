@@ -48,11 +48,17 @@ def shared(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def uploads_backup_args(s3: S3Server, bucket: str, uploads: Path, name: str = "app"
+                        ) -> list[str]:
+    return ["agent", "backup", "--namespace", "prod", "--name", name, "--backup-id",
+            f"id-{name}", "--component", "uploads", "--uploads-dir", str(uploads),
+            *s3_args(s3, bucket)]
+
+
 def backup_uploads(s3: S3Server, bucket: str, uploads: Path, work: Path, user: RunAs,
                    name: str = "app") -> tuple[int, str, dict[str, object] | None]:
-    args = ["agent", "backup", "--namespace", "prod", "--name", name, "--backup-id", f"id-{name}",
-            "--component", "uploads", "--uploads-dir", str(uploads), *s3_args(s3, bucket)]
-    run = run_agent(args, agent_env(work, s3=s3), work, user=user)
+    run = run_agent(uploads_backup_args(s3, bucket, uploads, name), agent_env(work, s3=s3),
+                    work, user=user)
     manifest = read_manifest(s3, bucket, manifest_key(name)) if run.returncode == 0 else None
     return run.returncode, run.describe(), manifest
 
@@ -126,9 +132,8 @@ def test_files_no_identity_may_read_fail_with_all_of_them_named(s3: S3Server, bu
     make_app_owned(uploads, 0, 0, file_modes=(0o600,), dir_modes=(0o755,))
     files = sorted(str(p.relative_to(uploads)) for p in uploads.rglob("*")
                    if p.is_file() and not p.is_symlink())
-    args = ["agent", "backup", "--namespace", "prod", "--name", "app", "--backup-id", "id-app",
-            "--component", "uploads", "--uploads-dir", str(uploads), *s3_args(s3, bucket)]
-    run = run_agent(args, agent_env(shared, s3=s3), shared, user=RunAs(AGENT_UID, AGENT_UID))
+    run = run_agent(uploads_backup_args(s3, bucket, uploads), agent_env(shared, s3=s3), shared,
+                    user=RunAs(AGENT_UID, AGENT_UID))
     assert_failed_cleanly(run, s3, bucket)
     line = run.error_line
     # All of them counted (hard links are files too), the first few named, and the fix said.
@@ -142,9 +147,8 @@ def test_an_unreadable_root_says_so(s3: S3Server, bucket: str, shared: Path) -> 
     uploads = shared / "uploads"
     make_uploads_tree(uploads, foreign_owner=False)
     make_app_owned(uploads, APP.uid, APP.gid, dir_modes=(0o700,))
-    args = ["agent", "backup", "--namespace", "prod", "--name", "app", "--backup-id", "id-app",
-            "--component", "uploads", "--uploads-dir", str(uploads), *s3_args(s3, bucket)]
-    run = run_agent(args, agent_env(shared, s3=s3), shared, user=RunAs(AGENT_UID, AGENT_UID))
+    run = run_agent(uploads_backup_args(s3, bucket, uploads), agent_env(shared, s3=s3), shared,
+                    user=RunAs(AGENT_UID, AGENT_UID))
     assert_failed_cleanly(run, s3, bucket)
     assert "cannot read 1 entry" in run.error_line and "'.'" in run.error_line, run.describe()
     assert "job.podSecurityContext" in run.error_line
