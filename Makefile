@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP) ## create .venv with the pinned (constraints.txt) dependencies
 
-tools: ## build the pinned Go binaries (apiserver, etcd, kubectl, helm, versitygw, ...) into the cache
+tools: ## build the pinned Go binaries (control plane, kubelet, containerd, CNI, CoreDNS, helm, ...) into the cache
 	bash tests/cluster/build-tools.sh
+	bash tests/cluster/build-node-tools.sh
 
 image: ## the image (timesheet-backup-operator:dev) and test PostgreSQL 15/17/18 server images, offline (Docker)
 	bash tests/cluster/build-images.sh
@@ -41,21 +42,30 @@ lint: $(STAMP) ## ruff, mypy and hadolint
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile tests/cluster/pgserver/Dockerfile
 
+# Both tiers measure the package's coverage, branches too, the agent processes the tests start
+# included ([tool.coverage] in pyproject.toml), each tier into its own data file with its own
+# table; test-integration then prints the two combined (each tier's latest run). Not named
+# .coverage.<tier>: a plain `pytest --cov` erases .coverage.* (its own parallel files).
 test-unit: $(STAMP) ## pure code, no services
-	$(VENV)/bin/pytest -m unit tests/unit
+	COVERAGE_FILE=.coverage-unit $(VENV)/bin/pytest -m unit tests/unit --cov --cov-report=term
 
 test-integration: $(STAMP) tools image ## the agent against real PostgreSQL and S3 servers (and the image against servers 15/17/18)
-	$(VENV)/bin/pytest -m integration tests/integration
+	COVERAGE_FILE=.coverage-integration $(VENV)/bin/pytest -m integration tests/integration \
+	    --cov --cov-report=term
+	$(VENV)/bin/coverage combine --keep --quiet --data-file=.coverage \
+	    $(wildcard .coverage-unit) .coverage-integration
+	@echo "Coverage of unit + integration:"
+	$(VENV)/bin/coverage report --data-file=.coverage
 
-test-e2e: $(STAMP) tools ## the operator on the local control plane (started if not up)
+test-e2e: $(STAMP) tools image ## the operator on the local cluster (started if not up), pods from the image
 	$(VENV)/bin/pytest -m e2e tests/e2e
 
-test-docs: $(STAMP) tools ## the docs: YAML blocks dry-run on the cluster, commands, fields, metrics, cited tests
+test-docs: $(STAMP) tools image ## the docs: YAML blocks dry-run on the cluster, commands, fields, metrics, cited tests
 	$(VENV)/bin/pytest -m docs tests/docs
 
 test: deps lint test-unit test-integration test-e2e test-docs ## all tiers
 
-cluster-up: $(STAMP) tools ## start the local control plane, node agent, PostgreSQL and S3 server
+cluster-up: $(STAMP) tools image ## start the local cluster (control plane, a real kubelet node), PostgreSQL and S3 server
 	TOOLS_BIN=$$(bash tests/cluster/build-tools.sh | tail -1) bash tests/cluster/cluster-up.sh
 
 operator-up: cluster-up ## the operator (via its chart) and the example app's namespace on the local cluster

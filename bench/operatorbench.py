@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import re
 import statistics
 import tempfile
 import threading
@@ -229,20 +228,8 @@ def operator_deployment(cluster: Cluster) -> str:
 
 
 def operator_pid(cluster: Cluster, pod: str) -> int | None:
-    """The node agent logs the host PID of each container it starts (an `unshare` whose
-    descendants are the container's processes)."""
-    log_path = Path(cluster.env.get("TSB_CLUSTER_DIR", ".cluster")) / "logs" / "nodeagent.log"
-    if not log_path.exists():
-        log_path = Path(".cluster/logs/nodeagent.log")
-    found = None
-    pattern = re.compile(rf"pod {OPERATOR_NAMESPACE}/{re.escape(pod)}: started container "
-                         r"\S+ \(pid (\d+)")
-    with contextlib.suppress(FileNotFoundError):
-        for line in log_path.read_text(errors="replace").splitlines():
-            m = pattern.search(line)
-            if m:
-                found = int(m.group(1))
-    return found
+    """The host PID of the operator container's main process (containerd knows it)."""
+    return cluster.container_pid(OPERATOR_NAMESPACE, pod, "operator")
 
 
 def count_backups(cluster: Cluster, ns: str) -> int:

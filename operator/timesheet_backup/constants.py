@@ -25,3 +25,7 @@ COMPONENT_UPLOADS: Final = "uploads"
 COMPONENTS: Final = (COMPONENT_DATABASE, COMPONENT_UPLOADS)
 
 MANIFEST_NAME: Final = "manifest.json"
+
+# The age identity (private key) reaches a restore Job only through this variable: the Job
+# builder sets it from the decryption Secret, the agent reads it and masks it in its output.
+AGE_IDENTITY_ENV: Final = "TSB_AGE_IDENTITY"

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -134,24 +133,11 @@ def exit_on_lost(reason: str) -> None:
     os._exit(1)
 
 
-class ReusePortServer(socketserver.TCPServer):
-    """Binds with SO_REUSEPORT: pods of the e2e node agent share the host's network, so two
-    replicas bind the same address; in a real pod, with its own network, it changes nothing.
-    Mixed in by the probe endpoint here and the metrics endpoint."""
-
-    def server_bind(self) -> None:
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 class Health:
     """The probe endpoint (`/healthz`, any path), served by every replica from the start.
 
     200 while waiting as a candidate (the replica is healthy; leadership is in the Lease and in
-    this answer's `role`), 200 for the leader once kopf runs its watches, 503 before that.
-    The socket is opened with SO_REUSEPORT: on the e2e node agent pods share the host's
-    network, and replicas must not fail on the port their neighbour holds."""
+    this answer's `role`), 200 for the leader once kopf runs its watches, 503 before that."""
 
     def __init__(self, url: str, identity: str) -> None:
         parts = urlsplit(url)
@@ -175,7 +161,7 @@ class Health:
 
         host = parts.hostname or "0.0.0.0"  # noqa: S104  (a probe endpoint)
 
-        class Server(ReusePortServer, ThreadingHTTPServer):
+        class Server(ThreadingHTTPServer):
             daemon_threads = True
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 

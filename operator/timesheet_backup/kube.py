@@ -91,6 +91,12 @@ def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     return [dict(p) for p in _plain(pods)["items"]]
 
 
+def jobs_matching(namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    jobs = batch().list_namespaced_job(namespace, label_selector=text)
+    return [dict(j) for j in _plain(jobs)["items"]]
+
+
 def pods_using_claim(namespace: str, claim: str) -> list[dict[str, Any]]:
     pods = _plain(core().list_namespaced_pod(namespace))["items"]
     result = []

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any, cast
 
 from timesheet_backup import settings
@@ -21,7 +20,7 @@ def add_parser(commands: Any) -> None:
                              "else all namespaces")
     parser.add_argument("--liveness", default=None,
                         help="probe endpoint for liveness and readiness (empty to disable); "
-                             "default: http://$POD_IP:8081/healthz, else on every address")
+                             f"default: {DEFAULT_PROBE_URL}")
     parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="act only while holding a Lease in POD_NAMESPACE, so that "
@@ -30,6 +29,8 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+# Every address of the pod: the kubelet probes the pod IP, and a pod's network is its own.
+DEFAULT_PROBE_URL = "http://0.0.0.0:8081/healthz"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -48,15 +49,6 @@ def configure_logging(verbose: bool) -> None:
     kopf.configure(log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.FULL,
                    log_refkey="k8s" if fmt == "json" else None)
     logging.getLogger().setLevel(level)
-
-
-def default_probe_url(environ: Mapping[str, str] | None = None) -> str:
-    """The pod's own address (POD_IP, from the downward API) rather than every address: the
-    kubelet probes the pod IP, and on the e2e node agent, whose pods share the host network,
-    a wildcard bind would collide with the Service relays listening on the same port."""
-    env = os.environ if environ is None else environ
-    host = env.get("POD_IP") or "0.0.0.0"  # noqa: S104  (outside a pod)
-    return f"http://{f'[{host}]' if ':' in host else host}:8081/healthz"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     namespaces = args.namespace or config.namespaces
     # Our own probe endpoint instead of kopf's: a candidate waiting for the Lease must answer
     # probes before kopf starts (see election.Health for what it reports).
-    probe = default_probe_url() if args.liveness is None else args.liveness
+    probe = DEFAULT_PROBE_URL if args.liveness is None else args.liveness
     health = Health(probe, election.identity) if probe else None
     elector = None
     if election.enabled:

@@ -4,6 +4,7 @@
 #   tsb-base:<suite>-<key>          Debian bookworm, trixie and sid, `debootstrap --variant=minbase`
 #                                   from the Debian mirror, trimmed, `docker import`ed
 #   timesheet-backup-operator:dev   the root Dockerfile on tsb-base:trixie-<key>
+#   tsb-test/shell:1                the trixie base again: the e2e tier's shell pods
 #   tsb-pgserver:<major>            test-only PostgreSQL servers (tests/cluster/pgserver/):
 #                                   15 on bookworm, 17 on trixie, 18 on sid
 #
@@ -32,6 +33,7 @@ SECURITY_MIRROR=${TSB_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-secur
 ARCH=$(dpkg --print-architecture)
 EPOCH=${TSB_IMAGES_EPOCH:-$(date -u +%Y%m)}
 OPERATOR_IMAGE=${TSB_OPERATOR_IMAGE:-timesheet-backup-operator:dev}
+SHELL_IMAGE=tsb-test/shell:1
 CA=${TSB_BUILD_CA:-/etc/ssl/certs/ca-certificates.crt}
 # Test servers: major -> suite of its base (the newest Debian release carrying that major).
 PG_MAJORS=(15 17 18)
@@ -209,6 +211,8 @@ check_sid_release() {
 
 T0=$SECONDS
 BASE_TRIXIE=$(ensure_base trixie)
+# The e2e tier's throwaway pods (sh, sleep, id) run in the plain trixie base.
+"$DOCKER" tag "$BASE_TRIXIE" "$SHELL_IMAGE"
 
 # The project's image. The hash covers what the Dockerfile copies, the base and the build args.
 inputs=$( { files_hash Dockerfile pyproject.toml constraints.txt README.md operator
@@ -248,4 +252,4 @@ done
 
 log "images ready in $((SECONDS - T0))s"
 "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \
-    | grep -E "^(tsb-base|tsb-pgserver|${OPERATOR_IMAGE%%:*}):" | sort >&2
+    | grep -E "^(tsb-base|tsb-pgserver|tsb-test/shell|${OPERATOR_IMAGE%%:*}):" | sort >&2

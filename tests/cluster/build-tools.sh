@@ -16,9 +16,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # ---- pins --------------------------------------------------------------------
 # Kubernetes and etcd are pinned by the wrapper modules (go.mod, etcd/go.mod);
-# these must agree with them (checked below).
-K8S_VERSION=v1.37.2
-K8S_STAGING_VERSION=v0.37.2
+# these must agree with them (checked below). K8S_VERSION is in golib.sh.
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
 VERSITYGW_VERSION=v1.7.0
@@ -28,21 +26,8 @@ TOXIPROXY_VERSION=v2.12.0
 PROMTOOL_VERSION=v0.316.0
 # ------------------------------------------------------------------------------
 
-if command -v go >/dev/null 2>&1; then
-    GO=${GO:-go}
-elif [ -x /usr/local/go/bin/go ]; then
-    GO=${GO:-/usr/local/go/bin/go}
-else
-    echo "build-tools: no Go toolchain found (need Go >= 1.26; set GO=/path/to/go)" >&2
-    exit 1
-fi
-
-export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
-export GOFLAGS="-trimpath -buildvcs=false"
-# 2 cores here; let Go use what the machine has, but never more than 4 parallel
-# compiles (linking kube-apiserver alone needs ~2 GB).
-NCPU=$(nproc 2>/dev/null || echo 2)
-PAR=$(( NCPU < 4 ? NCPU : 4 ))
+# shellcheck source=tests/cluster/golib.sh
+source "$HERE/golib.sh"
 
 log() { echo "build-tools: $*" >&2; }
 
@@ -89,11 +74,7 @@ fi
 exec 9>"$DIR/.lock"
 flock 9
 
-K8S_LDFLAGS="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    K8S_LDFLAGS+=" -X $pkg.gitVersion=${K8S_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=37"
-    K8S_LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+K8S_LDFLAGS=$(k8s_ldflags)
 HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
 HELM_LDFLAGS+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Start the local e2e cluster on 127.0.0.1: etcd, kube-apiserver,
-# kube-controller-manager, PostgreSQL, versitygw (S3) and the test node agent.
-# All state lives in <repo>/.cluster (or $TSB_CLUSTER_DIR).
+# Start the local e2e cluster: etcd, kube-apiserver, kube-controller-manager, PostgreSQL,
+# versitygw (S3) and a real node (kubelet, containerd + runc, CNI bridge, kube-scheduler,
+# kube-proxy, CoreDNS, a hostPath provisioner) that runs the images `make image` built.
+# Everything listens on loopback or on 192.0.2.1 (added to lo; pods reach it as "the host").
+# State lives in <repo>/.cluster (or $TSB_CLUSTER_DIR); runtime mounts in /run/tsb-e2e; the
+# image store in /var/lib/tsb-e2e. Needs root (the kubelet and containerd).
 #
 #   bash tests/cluster/cluster-up.sh      # then: source .cluster/env
 #
@@ -32,9 +35,8 @@ E2E_IMAGE=${E2E_IMAGE:-timesheet-backup-operator:dev}
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
-CONTROLLERS=job-controller,cronjob-controller,ttl-after-finished-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,endpointslice-controller,pod-garbage-collector-controller
-
-have_agent() { [ -f "$CLUSTER_HERE/nodeagent/__main__.py" ]; }
+SHELL_IMAGE=tsb-test/shell:1
+CONTROLLERS=node-lifecycle-controller,job-controller,cronjob-controller,ttl-after-finished-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,endpointslice-controller,pod-garbage-collector-controller
 
 # ---- health ------------------------------------------------------------------
 load_state() { [ -f "$CL/state" ] && source "$CL/state"; }
@@ -44,27 +46,30 @@ probe() { # component -> 0 when it answers
     etcd) curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"' ;;
     kube-apiserver)
         curl -fsS --max-time 2 --cacert "$CL/pki/ca.crt" --cert "$CL/pki/admin.crt" \
-            --key "$CL/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1 ;;
+            --key "$CL/pki/admin.key" "https://$HOST_IP:$APISERVER_PORT/readyz" >/dev/null 2>&1 ;;
     postgres) "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 2 ;;
     versitygw) # any HTTP answer (unauthenticated requests get 403)
         local code
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$S3_PORT/" 2>/dev/null) || true
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$HOST_IP:$S3_PORT/" 2>/dev/null) || true
         [ -n "$code" ] && [ "$code" != 000 ] ;;
+    containerd) "$NODE_BIN/ctr" -a "$CTRD_SOCK" version >/dev/null 2>&1 ;;
+    kubelet)
+        "$TOOLS_BIN/kubectl" --kubeconfig "$CL/kubeconfig" get node "$NODE_NAME" \
+            -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True ;;
     *) return 0 ;;
     esac
 }
 
 healthy() { # 0 when every expected component runs and answers
-    local want=$TOOLS_BIN
+    local want=$TOOLS_BIN want_node=$NODE_BIN
     load_state || return 1
-    if [ "$TOOLS_BIN" != "$want" ]; then
-        say "running tools $TOOLS_BIN, current pins are $want"
-        TOOLS_BIN=$want
+    if [ "$TOOLS_BIN" != "$want" ] || [ "$NODE_BIN" != "$want_node" ]; then
+        say "running tools $TOOLS_BIN $NODE_BIN, current pins are $want $want_node"
+        TOOLS_BIN=$want NODE_BIN=$want_node
         return 1
     fi
     local c
     for c in "${COMPONENTS[@]}"; do
-        [ "$c" = nodeagent ] && ! have_agent && continue
         alive "$(pid_of "$c")" || { say "$c is not running"; return 1; }
         probe "$c" || { say "$c does not answer"; return 1; }
     done
@@ -121,6 +126,11 @@ if [ -z "${TOOLS_BIN:-}" ]; then
     TOOLS_BIN=$(bash "$CLUSTER_HERE/build-tools.sh" | tail -n1)
 fi
 TOOLS_BIN=$(cd "$TOOLS_BIN" && pwd)
+if [ -z "${NODE_BIN:-}" ]; then
+    NODE_BIN=$(bash "$CLUSTER_HERE/build-node-tools.sh" | tail -n1)
+fi
+NODE_BIN=$(cd "$NODE_BIN" && pwd)
+node_preflight
 for t in etcd kube-apiserver kube-controller-manager kubectl versitygw; do
     [ -x "$TOOLS_BIN/$t" ] || { say "missing $TOOLS_BIN/$t"; exit 1; }
 done
@@ -131,7 +141,8 @@ command -v openssl >/dev/null || { say "openssl not found (apt-get install opens
 lock_cluster
 if [ -d "$CL/pids" ] && [ -n "$(ls -A "$CL/pids" 2>/dev/null)" ]; then
     if healthy; then
-        say "already up and healthy ($CL); nothing to do"
+        node_images   # a rebuilt image replaces the node's copy
+        say "already up and healthy ($CL)"
         say "use: source ${CL#"$PWD"/}/env"
         exit 0
     fi
@@ -143,6 +154,7 @@ stop_all >/dev/null 2>&1 || { say "processes are still running under $CL; run cl
 find "$CL" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 mkdir -p "$CL"/{pids,logs,pki,etcd,s3/data,node,postgres}
 chmod 700 "$CL/etcd" "$CL/pki"
+node_host_setup
 
 # ---- ports and secrets -------------------------------------------------------
 read -r ETCD_PORT ETCD_PEER_PORT APISERVER_PORT PG_PORT S3_PORT <<<"$(free_ports 5)"
@@ -151,7 +163,7 @@ PG_PASSWORD=$(openssl rand -hex 16)
 # unchanged here. The server listens on loopback only.
 S3_ACCESS_KEY=timesheet-demo
 S3_SECRET_KEY=timesheet-demo-secret-key
-APISERVER_URL=https://127.0.0.1:$APISERVER_PORT
+APISERVER_URL=https://$HOST_IP:$APISERVER_PORT
 umask 077
 cat >"$CL/state" <<EOF
 ETCD_PORT=$ETCD_PORT
@@ -160,6 +172,7 @@ APISERVER_PORT=$APISERVER_PORT
 PG_PORT=$PG_PORT
 S3_PORT=$S3_PORT
 TOOLS_BIN=$TOOLS_BIN
+NODE_BIN=$NODE_BIN
 EOF
 umask 022
 
@@ -180,7 +193,7 @@ start_postgres() {
     rm -f "$CL/postgres/pwfile"
     cat >>"$pgdata/postgresql.conf" <<EOF
 # timesheet-backup-operator e2e
-listen_addresses = '127.0.0.1'
+listen_addresses = '127.0.0.1,$HOST_IP'
 port = $PG_PORT
 unix_socket_directories = '$pgsock'
 fsync = off
@@ -188,6 +201,8 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 100
 EOF
+    # Pods connect from their own addresses (no relay): the bridge's subnet may log in.
+    echo "host all all $POD_SUBNET scram-sha-256" >>"$pgdata/pg_hba.conf"
     if ! as_pg "$PG_BIN/pg_ctl" -D "$pgdata" -l "$CL/logs/postgres.log" -w -t 60 start \
         >"$CL/logs/pg_ctl.log" 2>&1 200>&-; then
         tail -n 30 "$CL/logs/postgres.log" >&2
@@ -216,7 +231,14 @@ keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
-subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:::1, IP:$SERVICE_IP
+subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:::1, IP:$SERVICE_IP, IP:$HOST_IP
+[kubelet_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = DNS:$NODE_NAME, IP:$HOST_IP
 [client_ext]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
@@ -240,7 +262,6 @@ leaf controller-manager "/O=system:masters/CN=system:kube-controller-manager" cl
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ossl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
 chmod 600 "$PKI"/*.key
-say "PKI ready ($((SECONDS - T0))s)"
 
 kubeconfig() { # file user
     cat >"$1" <<EOF
@@ -268,6 +289,8 @@ EOF
 }
 kubeconfig "$CL/kubeconfig" admin
 kubeconfig "$PKI/controller-manager.kubeconfig" controller-manager
+node_pki
+say "PKI ready ($((SECONDS - T0))s)"
 
 # ---- etcd --------------------------------------------------------------------
 start_proc etcd "$TOOLS_BIN/etcd" --name tsb-e2e --data-dir "$CL/etcd" \
@@ -285,16 +308,23 @@ else
     python3 -c 'import os,sys; os.removexattr(sys.argv[1], "user.tsb-test")' "$CL/s3/data"
 fi
 ROOT_ACCESS_KEY_ID=$S3_ACCESS_KEY ROOT_SECRET_ACCESS_KEY=$S3_SECRET_KEY \
-    start_proc versitygw "$TOOLS_BIN/versitygw" --port "127.0.0.1:$S3_PORT" --region us-east-1 \
+    start_proc versitygw "$TOOLS_BIN/versitygw" --port "$HOST_IP:$S3_PORT" --region us-east-1 \
     posix "${S3_ARGS[@]}" "$CL/s3/data"
 
+
+# ---- containerd and the images (while the control plane starts) -------------------
+node_start_containerd
+node_images
 
 # ---- kube-apiserver ----------------------------------------------------------
 wait_for etcd 60
 start_proc kube-apiserver "$TOOLS_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --secure-port "$APISERVER_PORT" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none \
+    --secure-port "$APISERVER_PORT" --bind-address "$HOST_IP" --advertise-address "$HOST_IP" \
+    --enable-admission-plugins NodeRestriction \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --cert-dir "$PKI/apiserver-generated" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --client-ca-file "$PKI/ca.crt" \
@@ -339,30 +369,21 @@ export PGHOST=127.0.0.1
 export PGPORT=$PG_PORT
 export PGUSER=postgres
 export PGPASSWORD=$PG_PASSWORD
-export S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export S3_ENDPOINT=http://$HOST_IP:$S3_PORT
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
 export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 export AWS_REGION=us-east-1
+export TSB_NODE_BIN=$NODE_BIN
+export TSB_HOST_ALIAS=$HOST_IP
+export CONTAINER_RUNTIME_ENDPOINT=unix://$CTRD_SOCK
 export PATH="$TOOLS_BIN:\$PATH"
 EOF
 umask 022
 
-# ---- node agent --------------------------------------------------------------
-if have_agent; then
-    PY=$REPO_ROOT/.venv/bin/python
-    [ -x "$PY" ] || { say "WARNING: $PY missing, using python3 for the node agent"; PY=python3; }
-    (cd "$REPO_ROOT" && start_proc nodeagent "$PY" -m tests.cluster.nodeagent \
-        --kubeconfig "$CL/kubeconfig" --state-dir "$CL/node" --env-file "$CL/env")
-    deadline=$((SECONDS + 60))
-    until kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -qx True; do
-        alive "$(pid_of nodeagent)" || { tail -n 30 "$CL/logs/nodeagent.log" >&2; fail "node agent exited"; }
-        [ $SECONDS -lt $deadline ] || fail "no Ready node after 60s (see logs/nodeagent.log)"
-        sleep 0.3
-    done
-    say "node agent ready: a Node is Ready ($((SECONDS - T0))s)"
-else
-    say "WARNING: tests/cluster/nodeagent/__main__.py not found: no node agent, pods will stay Pending"
-fi
+# ---- the node -----------------------------------------------------------------
+node_start_kubelet
+node_start_services
+node_wait_ready
 
-say "up in $((SECONDS - T0))s: apiserver $APISERVER_URL, postgres 127.0.0.1:$PG_PORT, s3 http://127.0.0.1:$S3_PORT"
+say "up in $((SECONDS - T0))s: apiserver $APISERVER_URL, postgres $HOST_IP:$PG_PORT, s3 http://$HOST_IP:$S3_PORT, node $NODE_NAME"
 say "use: source ${CL#"$PWD"/}/env"

@@ -3,13 +3,14 @@
 # postgresql(-contrib): the real server of the integration and e2e tiers, pg_dump/pg_restore
 # and the citext extension of the sample schema; zstd, age, tar, gzip: the by-hand restore
 # recipes are tested with the standard tools; openssl: the control plane's certificates;
-# util-linux: unshare/runuser/setpriv/flock for the node agent and cluster-up; procps: pgrep.
+# util-linux: runuser/setpriv/flock for the tests and cluster-up; procps: pgrep; iproute2,
+# iptables, runc: the e2e node (the host alias on lo, kube-proxy's rules, containerd's runtime).
 # debootstrap and docker.io: `make image` (tests/cluster/build-images.sh) builds the image and
 # the test PostgreSQL server images without a registry, on Debian bases made with debootstrap;
 # docker.io's client (< 23) builds with BuildKit without the buildx plugin. An engine from
 # another package (docker-ce) counts as installed.
 set -euo pipefail
-packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl
+packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl iproute2 iptables runc
           debootstrap docker.io)
 missing=()
 for p in "${packages[@]}"; do

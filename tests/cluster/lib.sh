@@ -22,7 +22,8 @@ lock_cluster() {
 }
 
 # Start order; stopped in reverse.
-COMPONENTS=(etcd postgres versitygw kube-apiserver kube-controller-manager nodeagent)
+COMPONENTS=(etcd postgres versitygw kube-apiserver kube-controller-manager kube-scheduler containerd
+            kubelet kube-proxy coredns provisioner)
 
 say() { echo "cluster: $*" >&2; }
 
@@ -113,7 +114,10 @@ stop_component() { # component
 
 stop_all() {
     local i
+    [ -f "$CL/state" ] && NODE_BIN=$(sed -n 's/^NODE_BIN=//p' "$CL/state")
     for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+        # The kubelet is stopped by now: remove the pods while their runtime still runs.
+        [ "${COMPONENTS[$i]}" = containerd ] && node_remove_pods
         stop_component "${COMPONENTS[$i]}"
     done
     local stray
@@ -130,4 +134,8 @@ stop_all() {
         ps -o pid,ppid,stat,args -p "$(echo $stray | tr ' ' ,)" >&2 || true
         return 1
     fi
+    node_cleanup
 }
+
+# shellcheck source=tests/cluster/node.sh
+source "$CLUSTER_HERE/node.sh"

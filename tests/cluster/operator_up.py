@@ -24,7 +24,7 @@ from kubernetes.client import ApiException
 from psycopg import sql
 
 from tests.support.cluster import CLUSTER_DIR, REPO_ROOT, Cluster, start_cluster, wait_for
-from tests.support.operator import claim_directory, install_operator, run_tool
+from tests.support.operator import APP_UID, claim_directory, install_operator, run_tool
 
 APP_NAMESPACE = "timesheet"
 EXAMPLES = REPO_ROOT / "examples"
@@ -108,8 +108,9 @@ def main() -> int:
     ensure_bucket(cluster, s3_secret["AWS_ACCESS_KEY_ID"], s3_secret["AWS_SECRET_ACCESS_KEY"])
 
     uploads: Path = claim_directory(cluster, APP_NAMESPACE, "timesheet-uploads")
-    # The web app and the agent run as uid 65532 (non-root), so the volume is theirs.
-    subprocess.run(["chown", "65532:65532", str(uploads)], check=True)
+    # The volume is the web app's (examples/app/web.yaml runs as uid 1000); backup and restore
+    # Jobs take that identity.
+    subprocess.run(["chown", f"{APP_UID}:{APP_UID}", str(uploads)], check=True)
     record_env("UPLOADS_DIR", str(uploads))
     wait_for(lambda: (cluster.apps.read_namespaced_deployment(
         "timesheet-web", APP_NAMESPACE).status.ready_replicas or 0) >= 1, 120,

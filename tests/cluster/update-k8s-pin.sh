@@ -2,7 +2,7 @@
 # Regenerate tests/cluster/go.mod for another k8s.io/kubernetes version: one
 # `replace k8s.io/<m> => k8s.io/<m> v0.X.Y` per staging module, read from the
 # tagged go.mod itself, then `go mod tidy`. Update K8S_VERSION and
-# K8S_STAGING_VERSION in build-tools.sh (and PINS.md) to match.
+# K8S_STAGING_VERSION in golib.sh (and PINS.md) to match, and redo node/go.mod.
 #
 #   bash tests/cluster/update-k8s-pin.sh v1.37.2
 set -euo pipefail
@@ -33,4 +33,4 @@ GOVER=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$GOMOD")
 } >"$HERE/go.mod"
 rm -f "$HERE/go.sum"
 (cd "$HERE" && "$GO" mod tidy)
-echo "go.mod now pins k8s.io/kubernetes $VERSION (staging $STAGING); set K8S_VERSION/K8S_STAGING_VERSION in build-tools.sh" >&2
+echo "go.mod now pins k8s.io/kubernetes $VERSION (staging $STAGING); set K8S_VERSION/K8S_STAGING_VERSION in golib.sh; node/go.mod: copy go.mod (module name .../node) and go mod tidy" >&2

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.argocd import health, parse_yaml
+from tests.support.argocd import CUSTOMIZATIONS, health, parse_yaml
 from tests.support.cluster import wait_for
 from tests.support.operator import App, run_tool
 
@@ -158,6 +158,17 @@ def test_health_of_live_objects(app: App) -> None:
                                lambda st: st.get("lastVerification"), timeout=150)
         live.check(unverified, "verification-failed", "Degraded",
                    "Restore test failed: no successful database backup to verify")
+
+    # Every object the unit tests replay (argocd/.../testdata, captured by this test) was
+    # checked live in this run, and every case checked here has its testdata: neither can
+    # drift from what the operator writes. Timing decides whether the Backup is seen Running
+    # and the Restore Waiting or Running; the failing restore test runs only when capturing.
+    timing = {"Backup/running", "Restore/waiting", "Restore/running"}
+    slow = set() if CAPTURE_DIR else {"BackupSchedule/verification-failed"}
+    captured = {f"{path.parent.parent.name}/{path.stem}"
+                for path in CUSTOMIZATIONS.glob("*/testdata/*.yaml")}
+    assert captured - set(live.checked) - timing - slow == set(), live.checked
+    assert set(live.checked) - captured - timing == set(), live.checked
 
     # The operator's children are not tracked by Argo CD (they would be pruned as extraneous).
     for plural in ("backups", "restores"):

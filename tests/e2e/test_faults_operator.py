@@ -2,10 +2,10 @@
 moments of Backups and Restores, an agent pod killed mid-upload, and two operator replicas of
 which only the Lease holder acts.
 
-The kills are real: the node agent runs each container as a local process, and the test sends
-SIGKILL to the container's main process (the node agent then restarts it, as the kubelet does
-for restartPolicy Always). The moments are random but seeded: the seed is printed and in every
-assertion message; rerun one with `TSB_FAULT_SEED=<seed>`.
+The kills are real: the test asks containerd for the host PID of the container's main process
+and sends it SIGKILL (the kubelet then restarts it, for restartPolicy Always). The moments are
+random but seeded: the seed is printed and in every assertion message; rerun one with
+`TSB_FAULT_SEED=<seed>`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,8 +33,8 @@ from tests.support.operator import (
 pytestmark = pytest.mark.e2e
 
 TERMINAL = ("Succeeded", "Failed")
-# Rounds of 5 runs with one kill each. Few kills keep the node agent's restart back-off
-# (doubling from 1s while a container crashes within a minute) short.
+# Rounds of 5 runs with one kill each. Few kills keep the kubelet's restart back-off
+# (doubling from 10s while a container keeps crashing) short.
 ROUNDS = int(os.environ.get("TSB_FAULT_ROUNDS", "4"))
 OPERATOR_SELECTOR = "app.kubernetes.io/name=timesheet-backup-operator"
 LEASE_NAME = "tsb-timesheet-backup-operator"
@@ -51,40 +50,12 @@ def seed() -> int:
     return value
 
 
-# --- killing processes the node agent runs --------------------------------------------------
+# --- killing a container's process on the node ------------------------------------------------
 
 
 def container_main_pid(cluster: Cluster, namespace: str, pod: str, container: str) -> int:
-    """The PID (on this host) of a container's main process.
-
-    The node agent runs a container as `unshare ... launcher.py <pod dir>/containers/<c>/
-    launch.json`; the launcher is the namespace's init and its only child is the container's
-    command (see tests/cluster/nodeagent/launcher.py)."""
-    if cluster.provider != "local" or cluster.node_state_dir is None:
-        pytest.skip("killing a container's process needs the local provider's node agent")
-    uid = cluster.core.read_namespaced_pod(pod, namespace).metadata.uid
-    spec = cluster.node_state_dir / "pods" / f"{namespace}_{pod}_{uid}" / "containers" / \
-        container / "launch.json"
-
-    def find() -> int | None:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-                # The launcher itself, not the unshare that started it (same arguments).
-                if str(spec).encode() not in argv or not any(a.endswith(b"launcher.py")
-                                                             for a in argv) \
-                        or not Path(argv[0].decode()).name.startswith("python"):
-                    continue
-                children = (proc / "task" / proc.name / "children").read_text().split()
-            except OSError:
-                continue
-            if children:
-                return int(children[0])
-        return None
-
-    return wait_for(find, 30, interval=0.1, message=f"no process for {spec}")
+    return wait_for(lambda: cluster.container_pid(namespace, pod, container), 30, interval=0.2,
+                    message=f"no running container {container} in pod {namespace}/{pod}")
 
 
 def sigkill_container(cluster: Cluster, namespace: str, pod: str, container: str) -> None:
@@ -125,7 +96,7 @@ def restarts(cluster: Cluster, pod: str) -> int:
 
 
 def kill_operator(cluster: Cluster) -> str:
-    """SIGKILL the acting operator; return once the node agent restarted it and it acts
+    """SIGKILL the acting operator; return once the kubelet restarted it and it acts
     again (same pod: it holds the Lease under its own name and takes it back at once)."""
     pod = acting_operator_pod(cluster)
     before = restarts(cluster, pod)

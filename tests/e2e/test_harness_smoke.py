@@ -2,7 +2,7 @@
 the operator's tests rely on it? (Jobs, Deployments, volumes, Secrets, RBAC, GC,
 namespace deletion, image pull failures, Services to the host.)
 
-They run unchanged on the local control plane with the node agent and on kind.
+They run unchanged on the local cluster's real node and on kind.
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_operator import backup_spec
 from tests.support.cluster import Cluster, wait_for
-from tests.support.operator import App, run_tool, tool_env
+from tests.support.operator import App, Operator, run_tool, tool_env
 from timesheet_backup.status import parse_time
 
 pytestmark = pytest.mark.e2e
 
-METRICS_URL = "http://127.0.0.1:8080/metrics"  # pods share the host's network here
 CHART = "charts/timesheet-backup-operator"
 ALERTS = ("TimesheetBackupMissing", "TimesheetBackupFailed", "TimesheetVerificationFailed",
           "TimesheetRestoreFailed")
@@ -36,8 +35,8 @@ HOUR = 3600.0
 Sample = tuple[str, dict[str, str], float]
 
 
-def scrape() -> list[Sample]:
-    with urllib.request.urlopen(METRICS_URL, timeout=10) as response:
+def scrape(operator: Operator) -> list[Sample]:
+    with urllib.request.urlopen(operator.metrics_url(), timeout=10) as response:
         text = response.read().decode()
     return [(s.name, dict(s.labels), s.value)
             for family in text_string_to_metric_families(text) for s in family.samples]
@@ -96,7 +95,8 @@ def promtool_test(samples: list[Sample], scraped_at: float, rules_file: Path,
                        "alert_rule_test": tests}]}
 
 
-def test_metrics_and_alert_rules(cluster: Cluster, app: App, tmp_path: Path) -> None:
+def test_metrics_and_alert_rules(cluster: Cluster, app: App, operator: Operator,
+                                 tmp_path: Path) -> None:
     ns = app.namespace
     db_only = backup_spec(app, components=["database"])
     # "nightly": its backup succeeds, its restore test fails.
@@ -138,7 +138,7 @@ def test_metrics_and_alert_rules(cluster: Cluster, app: App, tmp_path: Path) -> 
 
     # The gauges follow the objects (give the watch a moment to deliver the last events).
     def settled() -> list[Sample] | None:
-        got = ours(scrape(), ns)
+        got = ours(scrape(operator), ns)
         return got if value(got, "tsb_verification_last_succeeded", namespace=ns,
                             schedule="nightly") == 0 else None
 
@@ -195,6 +195,6 @@ def test_metrics_and_alert_rules(cluster: Cluster, app: App, tmp_path: Path) -> 
         app.delete("backups", b["metadata"]["name"])
 
     def forgotten() -> bool:
-        return not [s for s in ours(scrape(), ns) if s[1].get("schedule") == "broken"]
+        return not [s for s in ours(scrape(operator), ns) if s[1].get("schedule") == "broken"]
 
     wait_for(forgotten, 60, interval=2, message="series of the deleted schedule remain")

@@ -120,16 +120,22 @@ def test_failed_restore_gives_the_app_its_replicas_back(app: App) -> None:
     app.create("backups", "b", backup_spec(app, components=["database"]))
     assert app.wait_phase("backups", "b", ("Succeeded", "Failed"))["status"]["phase"] == \
         "Succeeded"
+    check = "SELECT count(*) = 0 FROM timesheets"
     app.create("restores", "bad-check", {
         "backupName": "b",
         "quiesce": {"deployments": ["timesheet-web"]},
-        "verify": {"sqlChecks": ["SELECT count(*) = 0 FROM timesheets"]},
+        "verify": {"sqlChecks": [check]},
     })
     restore = app.wait_phase("restores", "bad-check", ("Succeeded", "Failed"), timeout=300)
     rst = restore["status"]
     assert rst["phase"] == "Failed"
-    assert rst["failedStep"] == "restore"
-    assert "count(*) = 0" in rst["message"] or "check" in rst["message"].lower()
+    assert (rst["failedStep"], rst["failureReason"]) == ("restore", "RestoreJobFailed")
+    # The agent's words (agent/postgres.py run_checks) and its exit code, as the operator
+    # reports a failed Job (jobs/outcome.py): on the step, and leading the Restore's message.
+    said = f"check 1 ({check!r}) returned False, expected a true value (exit code 1)"
+    step = next(s for s in rst["steps"] if s["name"] == "restore")
+    assert (step["phase"], step["message"]) == ("Failed", said)
+    assert rst["message"].startswith(said), rst["message"]
     assert conditions(restore)["Failed"]["status"] == "True"
     assert app.web_replicas() == 1
     assert any(e.type == "Warning" for e in app.events("bad-check"))

@@ -23,8 +23,6 @@ from tests.support.secretscan import Finding, scan_text
 
 pytestmark = pytest.mark.e2e
 
-METRICS_URL = "http://127.0.0.1:8080/metrics"  # the operator pod shares the host's network
-
 
 @pytest.fixture
 def known(app: App) -> Iterator[dict[str, str]]:
@@ -135,7 +133,7 @@ def test_no_secret_in_logs_status_events_jobs_metrics(
         *cluster.core.list_namespaced_pod(OPERATOR_NAMESPACE).items,
         *cluster.core.list_namespaced_config_map(OPERATOR_NAMESPACE).items,
     ])
-    with urllib.request.urlopen(METRICS_URL, timeout=10) as response:
+    with urllib.request.urlopen(Operator(cluster).metrics_url(), timeout=10) as response:
         places["metrics"] = response.read().decode()
     # The scan must see what it scans: these places hold this run's traces.
     assert "tsb_" in places["metrics"] or "backup" in places["metrics"]

@@ -26,7 +26,8 @@ Fixtures
     pg_proxy           function toxiproxy Proxy in front of ``pg`` (``.host``, ``.port``)
     s3_proxy           function toxiproxy Proxy in front of ``s3`` (``.url`` is an endpoint)
 
-Every test collected under tests/integration gets the ``integration`` marker.
+Every test collected under tests/integration gets the ``integration`` marker
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -44,14 +45,7 @@ from tests.support.pgserver import PostgresServer
 from tests.support.s3server import Proxy, S3Server, ToxiProxy
 from tests.support.trees import make_uploads_tree
 
-HERE = Path(__file__).resolve().parent
 SAMPLE_TEMPLATE = "tsb_sample_template"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.integration)
 
 
 @pytest.hookimpl(wrapper=True)

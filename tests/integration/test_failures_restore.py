@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -30,7 +31,7 @@ from tests.support.agent import (
 )
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import Proxy, S3Server
-from tests.support.trees import HOSTILE_KINDS, make_hostile_tar, snapshot_tree
+from tests.support.trees import HOSTILE_KINDS, assert_same_tree, make_hostile_tar, snapshot_tree
 
 
 def flip_byte(s3: S3Server, bucket: str, key: str, where: float = 0.5) -> None:
@@ -358,6 +359,73 @@ def test_sigterm_mid_restore_rolls_back(
     assert proc.returncode == 143, err
     assert "error: stopped by SIGTERM" in err
     dbsnapshot.assert_same(before, db_snapshot(pg, sample_db))
+
+
+# --- uploads replace killed mid-swap ------------------------------------------------------
+
+KILLPOINT = Path(__file__).resolve().parent / "killpoint"
+
+
+def killed_at_rename(
+    pg: PostgresServer, s3: S3Server, bucket: str, tmp_path: Path, uploads: Path, at: int
+) -> None:
+    """The uploads restore, SIGKILLed just before its `at`-th rename in `uploads`."""
+    run = restore(pg, s3, bucket, tmp_path, None, uploads=uploads, env={
+        "PYTHONPATH": str(KILLPOINT), "TSB_TEST_KILL_AT_RENAME": str(at),
+        "TSB_TEST_KILL_UNDER": str(uploads)})
+    assert run.returncode == -9, run.describe()
+
+
+def app_files(uploads: Path) -> tuple[dict[str, Any], list[str]]:
+    """The app's files as they can be recovered after a kill: the live entries plus those in
+    the one directory an interrupted replace sets them aside in; and that directory."""
+    names = os.listdir(uploads)
+    kept = sorted(n for n in names if n.startswith((".tsb-old-", ".tsb-aside-")))
+    internal = [n for n in names if n.startswith(".tsb-")]
+    snap = snapshot_tree(uploads, mtime_ns=True, exclude=internal)
+    for name in kept:
+        snap.update(snapshot_tree(uploads / name, mtime_ns=True))
+    return snap, kept
+
+
+def test_uploads_replace_killed_mid_swap_never_loses_the_app_files(
+    pg: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    sample_db: str,
+    uploads_tree: Path,
+    tmp_path: Path,
+) -> None:
+    """The agent SIGKILLed three times while swapping the uploads in (a lost node, the OOM
+    killer; the Job retries with a new restore id each time): while setting the app's files
+    aside, while renaming the new ones in, and again in the retry of that. After each kill
+    the app's files are all there, in the directory and the one `.tsb-aside-*`/`.tsb-old-*`
+    beside them; the attempt that is not killed leaves exactly the backup."""
+    backed_up = snapshot_tree(uploads_tree, mtime_ns=True)
+    backup(pg, s3, bucket, sample_db, tmp_path, uploads=uploads_tree)
+    (uploads_tree / "new-after-backup.pdf").write_text("written after the backup")
+    (uploads_tree / "binary.bin").unlink()
+    (uploads_tree / "receipts" / "2025" / "01" / "receipt 001.pdf").write_text("edited")
+    before, _ = app_files(uploads_tree)
+    live = len(os.listdir(uploads_tree))
+
+    killed_at_rename(pg, s3, bucket, tmp_path, uploads_tree, live // 2)
+    found, kept = app_files(uploads_tree)
+    assert_same_tree(before, found)
+    assert len(kept) == 1, kept
+
+    # The retry moves the rest aside, has them all (`.tsb-old-`), swaps 5 new entries in.
+    killed_at_rename(pg, s3, bucket, tmp_path, uploads_tree, live - live // 2 + 2 + 5)
+    (old,) = [n for n in os.listdir(uploads_tree) if n.startswith(".tsb-old-")]
+    assert_same_tree(before, snapshot_tree(uploads_tree / old, mtime_ns=True))
+
+    killed_at_rename(pg, s3, bucket, tmp_path, uploads_tree, 3)
+    assert_same_tree(before, snapshot_tree(uploads_tree / old, mtime_ns=True))
+
+    run = restore(pg, s3, bucket, tmp_path, None, uploads=uploads_tree)
+    assert run.returncode == 0, run.describe()
+    assert_same_tree(backed_up, snapshot_tree(uploads_tree, mtime_ns=True))
+    assert not [n for n in os.listdir(uploads_tree) if n.startswith(".tsb-")]
 
 
 # --- a manifest naming objects outside its own directory; links that escape -------------

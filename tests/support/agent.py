@@ -120,10 +120,15 @@ def run_agent(
     import subprocess
 
     term = tmp_path / f"termination-{os.urandom(4).hex()}.json"
+    env = dict(env)
+    # Measured under coverage (`make test-integration`), unless it runs as another user:
+    # that one could not write its data file beside the others.
+    if user is None and "COVERAGE_PROCESS_CONFIG" in os.environ:
+        env["COVERAGE_PROCESS_CONFIG"] = os.environ["COVERAGE_PROCESS_CONFIG"]
     proc = subprocess.run(
         [*(user.prefix() if user else []), *AGENT, *args, "--termination-message-path",
          str(term)],
-        env=dict(env),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -172,12 +177,13 @@ def backup_args(
     name: str = "nightly",
     extra: Sequence[str] = (),
     prefix: str = "backups",
+    endpoint: str | None = None,
 ) -> list[str]:
     args = ["agent", "backup", "--namespace", "prod", "--name", name, "--backup-id", f"id-{name}"]
     args += ["--component", "database", *db_args(pg, "--db-name", dbname)]
     if uploads is not None:
         args += ["--component", "uploads", "--uploads-dir", str(uploads)]
-    return args + s3_args(s3, bucket, prefix) + list(extra)
+    return args + s3_args(s3, bucket, prefix, endpoint) + list(extra)
 
 
 def manifest_key(name: str = "nightly", prefix: str = "backups") -> str:

@@ -4,24 +4,23 @@ test, API clients, pod logs, and waiting with timeouts.
 Providers (``E2E_PROVIDER``):
 
 - ``local`` (default): ``tests/cluster/cluster-up.sh`` (idempotent) starts etcd,
-  kube-apiserver, kube-controller-manager and the node agent on 127.0.0.1, and
-  writes ``.cluster/env``. Pods run as local processes; their output lands in
-  files under ``.cluster/node/pods``, which ``pod_logs`` reads (there is no kubelet
-  API, so ``kubectl logs`` cannot work).
+  kube-apiserver, kube-controller-manager and a real node (kubelet, containerd, runc, CNI,
+  kube-scheduler, kube-proxy, CoreDNS) running the images ``make image`` built, and writes
+  ``.cluster/env``. The host is 192.0.2.1 to pods (an address on lo).
 - ``kind``: creates (or reuses) a kind cluster, builds the image from the root
-  Dockerfile and loads it. Without a Docker engine the session is skipped, loudly.
-- ``existing``: $KUBECONFIG as it is, with a tsb node agent already running
-  (``TSB_NODE_STATE_DIR`` locates its pod logs).
+  Dockerfile and loads it. Without a Docker engine the session fails, loudly.
+- ``existing``: $KUBECONFIG as it is, with the images already on its nodes.
 
 Pods reach the host (PostgreSQL, S3, a test's TCP server) through a selectorless
 Service whose EndpointSlice points at ``cluster.host_address``: see
-``expose_host_port``.
+``expose_host_port``. Logs come from the API (``kubectl logs``), as anywhere.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -41,7 +40,7 @@ from kubernetes import config as k8s_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(os.environ.get("TSB_CLUSTER_DIR") or REPO_ROOT / ".cluster")
-LOCAL_HOST_ALIAS = "192.0.2.1"  # the node agent relays endpoints at this IP to 127.0.0.1
+LOCAL_HOST_ALIAS = "192.0.2.1"  # cluster-up adds it to lo; pods route to it via their bridge
 LOCAL_SHELL_IMAGE = "tsb-test/shell:1"
 KIND_SHELL_IMAGE = "busybox:1.36"
 
@@ -90,7 +89,6 @@ class Cluster:
     shell_image: str
     host_address: str  # where pods reach this host (an EndpointSlice address)
     host_bind_address: str  # where a test server must listen for pods to reach it
-    node_state_dir: Path | None = None
     _api: k8s.ApiClient | None = field(default=None, repr=False)
 
     @property
@@ -126,6 +124,23 @@ class Cluster:
     def pod_logs(self, namespace: str, pod: str) -> dict[str, str]:
         return pod_logs(namespace, pod, self)
 
+    def container_pid(self, namespace: str, pod: str, container: str) -> int | None:
+        """The host PID of a running container's main process, as containerd reports it
+        (None while it is not running). Only the local provider's node is this host."""
+        if self.provider != "local":
+            pytest.fail(f"a container's host process needs the local node, not {self.provider}",
+                        pytrace=False)
+        status = self.core.read_namespaced_pod(pod, namespace).status
+        ids = [s.container_id for s in status.container_statuses or []
+               if s.name == container and s.state.running and s.container_id]
+        if not ids:
+            return None
+        out = subprocess.run(
+            [str(Path(self.env["TSB_NODE_BIN"]) / "crictl"), "--runtime-endpoint",
+             self.env["CONTAINER_RUNTIME_ENDPOINT"], "inspect", "-o", "json",
+             ids[0].split("://", 1)[1]], capture_output=True, text=True, timeout=30)
+        return int(json.loads(out.stdout)["info"]["pid"]) if out.returncode == 0 else None
+
     def expose_host_port(self, namespace: str, name: str, port: int, host_port: int) -> None:
         """A selectorless Service ``name:port`` whose backend is ``host_port`` on this host.
 
@@ -147,6 +162,23 @@ class Cluster:
             "endpoints": [{"addresses": [self.host_address], "conditions": {"ready": True}}],
             "ports": [{"name": "tcp", "port": host_port, "protocol": "TCP"}],
         })
+        if self.provider == "local":
+            self._wait_programmed(namespace, name)
+
+    def _wait_programmed(self, namespace: str, name: str) -> None:
+        """Wait until kube-proxy has written the Service's rules, as a client on a real node
+        must: a pod's first SYN sent before them is conntracked un-translated, and its
+        retries then never reach the backend. This host is the node, so its nat table tells.
+        """
+        mark = f"{namespace}/{name}:tcp -> "
+
+        def programmed() -> bool:
+            out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True,
+                                 text=True, check=True).stdout
+            return mark in out
+
+        wait_for(programmed, 30, interval=0.2,
+                 message=f"kube-proxy never wrote the rules of Service {namespace}/{name}")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -177,9 +209,8 @@ def _local_cluster() -> Cluster:
         env=env,
         image=env.get("E2E_IMAGE", "timesheet-backup-operator:dev"),
         shell_image=LOCAL_SHELL_IMAGE,
-        host_address=os.environ.get("TSB_HOST_ALIAS", LOCAL_HOST_ALIAS),
-        host_bind_address="127.0.0.1",
-        node_state_dir=CLUSTER_DIR / "node",
+        host_address=env.get("TSB_HOST_ALIAS", LOCAL_HOST_ALIAS),
+        host_bind_address=env.get("TSB_HOST_ALIAS", LOCAL_HOST_ALIAS),
     )
     _wait_ready_node(cluster)
     return cluster
@@ -195,13 +226,13 @@ def _run(argv: list[str], what: str, timeout: float = 1800) -> str:
 def _kind_cluster() -> Cluster:
     docker, kind = shutil.which("docker"), shutil.which("kind")
     if docker is None:
-        pytest.skip("E2E_PROVIDER=kind needs Docker, but there is no docker binary on PATH; "
-                    "unset E2E_PROVIDER to use the local control plane")
+        pytest.fail("E2E_PROVIDER=kind needs Docker, but there is no docker binary on PATH; "
+                    "unset E2E_PROVIDER to use the local cluster", pytrace=False)
     if subprocess.run([docker, "info"], capture_output=True).returncode != 0:
-        pytest.skip("E2E_PROVIDER=kind needs a running Docker engine ('docker info' failed); "
-                    "unset E2E_PROVIDER to use the local control plane")
+        pytest.fail("E2E_PROVIDER=kind needs a running Docker engine ('docker info' failed); "
+                    "unset E2E_PROVIDER to use the local cluster", pytrace=False)
     if kind is None:
-        pytest.skip("E2E_PROVIDER=kind needs the kind binary on PATH")
+        pytest.fail("E2E_PROVIDER=kind needs the kind binary on PATH", pytrace=False)
     name = os.environ.get("KIND_CLUSTER_NAME", "tsb-e2e")
     image = os.environ.get("E2E_IMAGE", "timesheet-backup-operator:dev")
     if name not in _run([kind, "get", "clusters"], "kind get clusters").split():
@@ -235,17 +266,17 @@ def _wait_ready_node(cluster: Cluster) -> None:
 
 
 def _existing_cluster() -> Cluster:
-    """Whatever $KUBECONFIG points at, run by a tsb node agent (for hacking on the harness)."""
+    """Whatever $KUBECONFIG points at, with the images (E2E_IMAGE, E2E_SHELL_IMAGE) on its
+    nodes and pods able to reach TSB_HOST_ALIAS (this host)."""
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
         pytest.fail("E2E_PROVIDER=existing needs KUBECONFIG", pytrace=False)
-    state = os.environ.get("TSB_NODE_STATE_DIR")
+    alias = os.environ.get("TSB_HOST_ALIAS", LOCAL_HOST_ALIAS)
     cluster = Cluster(
         provider="existing", kubeconfig=Path(kubeconfig), env=dict(os.environ),
         image=os.environ.get("E2E_IMAGE", "timesheet-backup-operator:dev"),
         shell_image=os.environ.get("E2E_SHELL_IMAGE", LOCAL_SHELL_IMAGE),
-        host_address=os.environ.get("TSB_HOST_ALIAS", LOCAL_HOST_ALIAS),
-        host_bind_address="127.0.0.1", node_state_dir=Path(state) if state else None,
+        host_address=alias, host_bind_address=alias,
     )
     _wait_ready_node(cluster)
     return cluster
@@ -266,28 +297,28 @@ def start_cluster() -> Cluster:
 # ---- logs and diagnostics -----------------------------------------------------------------
 
 def pod_logs(namespace: str, pod: str, cluster: Cluster | None = None) -> dict[str, str]:
-    """Output of each container of a pod, by container name (all runs, restarts appended).
-
-    Local provider: the node agent's files ``<state>/pods/<ns>_<pod>_<uid>/<c>.log``
-    (the newest pod of that name wins). Otherwise the API's log subresource.
+    """Output of each container of a pod, by container name, through the API's log
+    subresource (the kubelet serves it): the previous run first when the container restarted.
     """
-    state = cluster.node_state_dir if cluster is not None else CLUSTER_DIR / "node"
-    if state is not None and (state / "pods").is_dir():
-        dirs = sorted((state / "pods").glob(f"{namespace}_{pod}_*"),
-                      key=lambda p: p.stat().st_mtime)
-        if dirs:
-            return {f.stem: f.read_text(errors="replace") for f in sorted(dirs[-1].glob("*.log"))}
     if cluster is None:
         return {}
     out: dict[str, str] = {}
     with contextlib.suppress(k8s.ApiException):
         obj = cluster.core.read_namespaced_pod(pod, namespace)
+        restarts = {s.name: s.restart_count for s in (obj.status.init_container_statuses or [])
+                    + (obj.status.container_statuses or [])}
         for c in (obj.spec.init_containers or []) + obj.spec.containers:
+            text = ""
+            if restarts.get(c.name):
+                with contextlib.suppress(k8s.ApiException):
+                    text = cluster.core.read_namespaced_pod_log(
+                        pod, namespace, container=c.name, previous=True) or ""
             try:
-                out[c.name] = cluster.core.read_namespaced_pod_log(pod, namespace,
-                                                                   container=c.name)
+                text += cluster.core.read_namespaced_pod_log(pod, namespace,
+                                                             container=c.name) or ""
             except k8s.ApiException as exc:
-                out[c.name] = f"<no logs: {exc.status} {exc.reason}>"
+                text += f"<no logs: {exc.status} {exc.reason}>"
+            out[c.name] = text
     return out
 
 

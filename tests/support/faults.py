@@ -2,7 +2,7 @@
 PostgreSQL / S3 server.
 
 Pods reach host services through selectorless Services whose EndpointSlice points at the
-host alias (tests/cluster/nodeagent/README.md). A *proxied* Service is the same thing with the
+host alias (192.0.2.1, see docs/test-cluster.md). A *proxied* Service is the same thing with the
 EndpointSlice pointing at a toxiproxy listener instead of the real port, so a test can cut,
 slow or refuse the traffic of one Backup or Restore (the one whose spec names that Service)
 while the rest of the namespace talks to the real servers.
@@ -37,8 +37,8 @@ class ProxiedService:
 
 
 def start_toxiproxy(cluster: Cluster) -> ToxiProxy:
-    """A toxiproxy-server whose proxies listen where pods can reach this host (loopback for
-    the local node agent, every address on kind)."""
+    """A toxiproxy-server whose proxies listen where pods can reach this host (the host
+    alias for the local node, every address on kind)."""
     server = ToxiProxy()
     server.host = cluster.host_bind_address
     return server.start()

@@ -68,10 +68,25 @@ class Operator:
         return running[0].metadata.name if running else None
 
 
+    def metrics_url(self, port: int = 8080) -> str:
+        """The acting pod's /metrics, straight at its pod IP (this host routes to the pod
+        network through the node's bridge)."""
+        name = wait_for(self.pod_name, 60, message="no running operator pod")
+        ip = self.cluster.core.read_namespaced_pod(name, self.namespace).status.pod_ip
+        return f"http://{ip}:{port}/metrics"
+
+
 def install_operator(cluster: Cluster, *extra: str) -> Operator:
     """`helm upgrade --install` the chart with the e2e image; wait for the pod."""
     run_tool(cluster, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", "crds/")
     repository, _, tag = cluster.image.rpartition(":")
+    # A rebuilt image keeps its tag: name its content in the pod template, so an operator
+    # started from the previous build is replaced rather than kept.
+    built = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", cluster.image],
+                           capture_output=True, text=True)
+    if built.returncode == 0:
+        extra = ("--set-string", f"podAnnotations.tsb-e2e-image={built.stdout.strip()}",
+                 *extra)
     run_tool(cluster, "helm", "upgrade", "--install", RELEASE,
              "charts/timesheet-backup-operator", "--namespace", OPERATOR_NAMESPACE,
              "--create-namespace", "--set", f"image.repository={repository}",
@@ -279,13 +294,15 @@ def fill_volume(volume: Path, subdir: str, seed: int) -> None:
 
 
 def claim_directory(cluster: Cluster, namespace: str, claim: str) -> Path:
-    """The host directory behind a bound PVC (the node agent provisions hostPath PVs)."""
+    """The host directory behind a bound PVC (the local node's provisioner makes hostPath PVs;
+    the kubelet mounts them)."""
     def bound() -> str | None:
         pvc = cluster.core.read_namespaced_persistent_volume_claim(claim, namespace)
         return pvc.spec.volume_name if pvc.status.phase == "Bound" else None
 
     if cluster.provider != "local":
-        pytest.skip("writing into a PVC from the test needs the local provider")
+        pytest.fail(f"writing into a PVC from the test needs the local node, not the "
+                    f"{cluster.provider} provider", pytrace=False)
     pv_name = wait_for(bound, 60, message=f"PVC {claim} not bound")
     pv = cluster.core.read_persistent_volume(pv_name)
     path = Path(pv.spec.host_path.path)

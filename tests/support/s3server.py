@@ -27,11 +27,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -523,3 +525,102 @@ class Proxy:
     def delete(self) -> None:
         with contextlib.suppress(ToxiProxyError):
             self.server.api("DELETE", f"/proxies/{self.name}")
+
+
+# ------------------------------------------------------------------------------ wire tap
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str  # path and query, as sent
+    headers: dict[str, str]  # names lower-cased
+
+
+class WireTap:
+    """A TCP relay to an S3 server that keeps the bytes clients send through it, read back
+    as the requests they were (``requests()``): for what a request carried that the server
+    does not keep. versitygw's POSIX backend, for one, reports every object's storage class
+    as STANDARD whatever the upload asked for. Use as a context manager; ``url`` is the
+    endpoint to give the client instead of the server's."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._sent: list[bytearray] = []  # per connection, client -> server
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> WireTap:
+        threading.Thread(target=self._accept, daemon=True, name="wiretap").start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.upstream)
+            sent = bytearray()
+            with self._lock:
+                self._sent.append(sent)
+                self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, sent), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, keep: bytearray | None) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if keep is not None:
+                    keep += data
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def requests(self) -> list[Request]:
+        with self._lock:
+            streams = [bytes(sent) for sent in self._sent]
+        return [request for stream in streams for request in _parse_requests(stream)]
+
+
+def _parse_requests(stream: bytes) -> Iterator[Request]:
+    """HTTP/1.1 requests one after another on a connection: a head, then a body of
+    Content-Length bytes or in chunks (botocore streams uploads with both)."""
+    pos = 0
+    while pos < len(stream):
+        end = stream.index(b"\r\n\r\n", pos)
+        line, *fields = stream[pos:end].decode("latin-1").split("\r\n")
+        method, target, _ = line.split(" ", 2)
+        headers = {}
+        for field in fields:
+            name, _, value = field.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        pos = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                eol = stream.index(b"\r\n", pos)
+                size = int(stream[pos:eol].split(b";")[0], 16)
+                pos = eol + 2
+                if size == 0:
+                    break
+                pos += size + 2  # the chunk and its CRLF
+            while not stream.startswith(b"\r\n", pos):  # trailer fields, then an empty line
+                pos = stream.index(b"\r\n", pos) + 2
+            pos += 2
+        else:
+            pos += int(headers.get("content-length", "0"))
+        yield Request(method, target, headers)

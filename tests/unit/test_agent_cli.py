@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from timesheet_backup.agent import cli
-from timesheet_backup.agent.errors import ConfigError
 from timesheet_backup.cli import build_parser, main
+from timesheet_backup.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from timesheet_backup.agent import pgtools
-from timesheet_backup.agent.errors import ConfigError
 from timesheet_backup.agent.pgtools import Connection, DumpOptions, RestoreOptions
+from timesheet_backup.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from timesheet_backup.agent import streams
-from timesheet_backup.agent.errors import ConfigError, IntegrityError
+from timesheet_backup.errors import ConfigError, IntegrityError
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -19,7 +21,7 @@ from tests.support.trees import (
     snapshot_tree,
 )
 from timesheet_backup.agent import streams, tarstream
-from timesheet_backup.agent.errors import ArchiveError, FilesystemError
+from timesheet_backup.errors import ArchiveError, FilesystemError, Interrupted
 
 pytestmark = pytest.mark.unit
 
@@ -307,16 +309,186 @@ def test_make_staging_refuses_a_file(tmp_path: Path) -> None:
         tarstream.make_staging(tmp_path / "f", "x")
 
 
-def test_rerun_with_the_same_id_clears_leftovers(tmp_path: Path) -> None:
-    """A retried restore Job (same id) finds the staging and old directories of the
-    interrupted attempt; the result is still exactly the archive."""
+def test_rerun_after_a_killed_swap_yields_exactly_the_archive(tmp_path: Path) -> None:
+    """A retried restore Job (any id) finds what the killed attempt left: its staging
+    directory, the app's files set aside, part of the new tree; the result is still exactly
+    the archive, with nothing left over."""
     source = make_uploads_tree(tmp_path / "src", symlinks=False)
     raw, _ = tar_bytes(source)
     target = tmp_path / "dst"
-    (target / ".tsb-restore-r1").mkdir(parents=True)
-    (target / ".tsb-restore-r1" / "partial.bin").write_text("half")
-    (target / ".tsb-old-r1").mkdir()
-    (target / ".tsb-old-r1" / "old.txt").write_text("old")
-    (target / ".tsb-old-other").mkdir()
+    (target / ".tsb-restore-r0").mkdir(parents=True)
+    (target / ".tsb-restore-r0" / "partial.bin").write_text("half")
+    (target / ".tsb-old-r0").mkdir()
+    (target / ".tsb-old-r0" / "old.txt").write_text("old")
+    (target / "readonly.txt").write_text("half swapped in")
     extract(raw, target, token="r1")
     assert_same_tree(snapshot_tree(source), snapshot_tree(target))
+    assert not any(p.name.startswith(".tsb-") for p in target.iterdir())
+
+
+# --- an interrupted replace never loses the app's files --------------------------------------
+
+APP = {"a.txt": "app a", "dir/": None, "dir/b.txt": "app b", "shared.txt": "app shared"}
+NEW = {"n.txt": "new n", "ndir/": None, "ndir/c.txt": "new c", "shared.txt": "new shared"}
+
+
+def plant(root: Path, tree: dict[str, str | None]) -> None:
+    for name, text in tree.items():
+        if text is None:
+            (root / name).mkdir(parents=True, exist_ok=True)
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+
+
+def read(root: Path, names: list[str] | None = None) -> dict[str, str | None]:
+    """The tree below `root` (only the top-level `names`, if given) as plant() writes it."""
+    out: dict[str, str | None] = {}
+    for top in sorted(os.listdir(root)) if names is None else names:
+        path = root / top
+        if path.is_dir():
+            out[f"{top}/"] = None
+            out.update({f"{top}/{k}": v for k, v in read(path).items()})
+        else:
+            out[top] = path.read_text()
+    return out
+
+
+def app_files_are_recoverable(target: Path) -> bool:
+    """What is found after a kill: a complete tree (the app's, or the new one if an attempt
+    got that far) from the live entries and at most one `.tsb-aside-*`/`.tsb-old-*`."""
+    entries = os.listdir(target)
+    live = [n for n in entries if not n.startswith(".tsb-")]
+    kept = [n for n in entries if n.startswith((".tsb-old-", ".tsb-aside-"))]
+    if read(target, live) == NEW:
+        return True  # the new tree is in (a `.tsb-discard-*` may be left half deleted)
+    if not kept:
+        return read(target, live) == APP
+    (name,) = kept
+    if name.startswith(".tsb-old-"):
+        return read(target / name) in (APP, NEW)
+    return {**read(target / name), **read(target, live)} in (APP, NEW)
+
+
+class Killed(BaseException):
+    """SIGKILL: nothing runs after it, no `except`, no clean-up."""
+
+
+def attempt(target: Path, token: str) -> None:
+    staging = tarstream.make_staging(target, token)
+    plant(staging, NEW)
+    tarstream.replace_with(target, staging, token)
+
+
+def kill_at(monkeypatch: pytest.MonkeyPatch, at: int | None) -> list[int]:
+    """Kill the process at its `at`-th change to the filesystem; from then on nothing
+    changes any more. Returns the count of changes (to find the last kill point)."""
+    count = [0]
+    for name in ("rename", "mkdir", "rmdir", "unlink", "chmod"):
+        real = getattr(os, name)
+
+        def change(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            count[0] += 1
+            if at is not None and count[0] >= at:
+                raise Killed
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, change)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        # one file at a time, so a kill can land inside it
+        for sub in sorted(Path(path).iterdir()):
+            rmtree(sub) if sub.is_dir() and not sub.is_symlink() else os.unlink(sub)
+        os.rmdir(path)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert real_rmtree is not None
+    return count
+
+
+def changes_of_one_attempt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    target = tmp_path / "count"
+    plant(target, APP)
+    with monkeypatch.context() as m:
+        count = kill_at(m, None)
+        attempt(target, "c")
+    assert read(target) == NEW
+    return count[0]
+
+
+def test_killed_twice_at_every_point_the_app_files_survive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill the first attempt at each of its changes, the second (another id) at each of
+    its own: after every kill the app's files are complete in the target and its one kept
+    directory (or the new tree is in), and a third attempt ends with exactly the new tree
+    and nothing left over."""
+    total = changes_of_one_attempt(tmp_path, monkeypatch)
+    assert total > len(APP) + len(NEW)
+    runs = 0
+    for first in range(1, total + 1):
+        for second in range(1, total + 2):
+            target = tmp_path / f"t-{first}-{second}"
+            plant(target, APP)
+            for token, at in (("r1", first), ("r2", second)):
+                with monkeypatch.context() as m:
+                    kill_at(m, at)
+                    with contextlib.suppress(Killed):
+                        attempt(target, token)
+                assert app_files_are_recoverable(target), (first, second, os.listdir(target))
+            attempt(target, "r3")
+            assert read(target) == NEW, (first, second)
+            runs += 1
+    assert runs == total * (total + 1)
+
+
+def failing_rename(at: int, error: BaseException) -> Any:
+    """os.rename, except that its `at`-th call raises `error`."""
+    real, calls = os.rename, [0]
+
+    def rename(src: Any, dst: Any) -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            raise error
+        real(src, dst)
+
+    return rename
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   Interrupted("stopped by SIGTERM before finishing")])
+def test_a_failed_swap_puts_the_app_files_back_at_every_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """A rename that fails (or SIGTERM arriving there) at any point of the swap: the target
+    is as before, the new tree back in the staging directory for the caller to discard."""
+    for at in range(1, changes_of_one_attempt(tmp_path, monkeypatch) + 1):
+        target = tmp_path / f"t-{at}"
+        plant(target, APP)
+        staging = tarstream.make_staging(target, "f")
+        plant(staging, NEW)
+        with monkeypatch.context() as m:
+            m.setattr(os, "rename", failing_rename(at, error))
+            try:
+                tarstream.replace_with(target, staging, "f")
+            except (FilesystemError, Interrupted):
+                pass
+            else:
+                assert read(target) == NEW  # past the last rename: done
+                continue
+        assert read(target, [n for n in os.listdir(target) if n != staging.name]) == APP, at
+        assert read(staging) == NEW, at
+
+
+def test_two_leftovers_are_refused_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "dst"
+    plant(target / ".tsb-old-r1", APP)
+    plant(target / ".tsb-aside-r2", {"x": "x"})
+    plant(target, {"live.txt": "live"})
+    before = read(target)
+    staging = tarstream.make_staging(target, "r3")
+    plant(staging, NEW)
+    with pytest.raises(FilesystemError, match=r"\.tsb-aside-r2, \.tsb-old-r1, left by"):
+        tarstream.replace_with(target, staging, "r3")
+    assert read(target, [n for n in os.listdir(target) if n != staging.name]) == before

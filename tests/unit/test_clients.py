@@ -10,7 +10,7 @@ import pytest
 
 from timesheet_backup.agent import clients
 from timesheet_backup.agent.clients import RestorePlan, dump_client, restore_plan
-from timesheet_backup.agent.errors import ConfigError, DatabaseError
+from timesheet_backup.errors import ConfigError, DatabaseError
 
 pytestmark = pytest.mark.unit
 

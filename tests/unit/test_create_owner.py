@@ -9,12 +9,12 @@ import pytest
 from psycopg import sql
 
 from timesheet_backup.agent import postgres
-from timesheet_backup.agent.errors import ConfigError, DatabaseError
 from timesheet_backup.agent.pgtools import Connection
 from timesheet_backup.agent.restore import RestoreRequest
 from timesheet_backup.api import crds, models
 from timesheet_backup.api.fields import dump, parse
 from timesheet_backup.cli import build_parser
+from timesheet_backup.errors import ConfigError, DatabaseError
 from timesheet_backup.jobs import agent_args
 
 pytestmark = pytest.mark.unit

@@ -67,12 +67,25 @@ def test_running_objects_block_and_a_restore_does_not_block_itself(
     assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
 
 
-def test_other_targets_namespaces_and_expired_claims_do_not_block(
-        api: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_targets_and_namespaces_do_not_block(
+        api: dict[str, list[dict[str, Any]]]) -> None:
     api["restores"].append(running("r1", target="other:5432/db"))
     assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
     assert common.lock_database("other-ns", TARGET, "restores", "r1",
                                 ("backups", "restores")) is None
     assert common.lock_database("ns", None, "restores", "r2", ("backups",)) is None
-    monkeypatch.setattr(common.time, "monotonic", lambda: 10.0**9)
-    assert common.lock_database("ns", TARGET, "restores", "r3", ("backups", "restores")) is None
+
+
+def test_a_claim_expires_after_claim_seconds(
+        api: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # b1 is still at work (no status yet), so only the claim's age can release the database.
+    api["backups"].append({"metadata": {"name": "b1"}})
+    clock = [1000.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) is None
+    clock[0] += common.CLAIM_SECONDS - 1
+    assert common.lock_database("ns", TARGET, "restores", "r1",
+                                ("backups", "restores")) == "Backup b1"
+    clock[0] += 1
+    assert common.lock_database("ns", TARGET, "restores", "r1",
+                                ("backups", "restores")) is None

@@ -136,6 +136,85 @@ def test_outcome_of_a_killed_agent_says_so() -> None:
         "its last output: 08:00 INFO archiving /data (exit code 137)")
 
 
+def test_outcome_of_an_agent_over_its_memory_limit_names_the_limit() -> None:
+    job = {"status": {"conditions": [cond("Failed", "BackoffLimitExceeded")]}}
+    p = a_pod({"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "08:00 INFO"}})
+    p["spec"] = {"containers": [{"resources": {"limits": {"memory": "64Mi"}}}]}
+    result = outcome.job_outcome(job, [p], NOW)
+    assert (result.reason, result.message) == (
+        "OOMKilled", "the agent ran out of memory (limit 64Mi); raise "
+        "spec.job.resources.limits.memory (exit code 137)")
+    del p["spec"]
+    assert outcome.job_outcome(job, [p], NOW).message.startswith(
+        "the agent ran out of memory; raise")
+
+
+RUNNING = {"running": {"startedAt": "2026-11-26T11:59:00Z"}}
+
+
+def containers(*states: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"creationTimestamp": timestamp(NOW)},
+            "status": {"containerStatuses": [{"state": state} for state in states]}}
+
+
+@pytest.mark.parametrize(("pod_", "summary", "line"), [
+    (containers(), {}, ""),  # no container status yet
+    (containers(RUNNING), {}, ""),  # nothing terminated: no message to read
+    (containers({}), {}, ""),
+    (containers({"terminated": {"exitCode": 0}}), {}, ""),
+    (containers({"terminated": {"message": "  \n"}}), {}, ""),
+    # the first terminated container is read, wherever it is in the list
+    (containers(RUNNING, {"terminated": {"message": '{"error": "disk full"}'}}),
+     {"error": "disk full"}, "disk full"),
+    (containers({"terminated": {"message": '{"ok": false, "message": "no such table"}'}}),
+     {"ok": False, "message": "no such table"}, "no such table"),
+    (containers({"terminated": {"message": '{"error": "a", "message": "b"}'}}),
+     {"error": "a", "message": "b"}, "a"),
+    (containers({"terminated": {"message": '{"ok": true}'}}), {"ok": True}, ""),
+    # JSON, but not the agent's object: no summary, the text kept as it is
+    (containers({"terminated": {"message": "[1, 2]"}}), {}, "[1, 2]"),
+    (containers({"terminated": {"message": '"quoted"'}}), {}, '"quoted"'),
+    (containers({"terminated": {"message": "137\n"}}), {}, "137"),
+    (containers({"terminated": {"message": "null"}}), {}, "null"),
+    # not JSON (FallbackToLogsOnError): the last log line
+    (containers({"terminated": {"message": "a\nb\nKeyError: 'x'\n"}}), {}, "KeyError: 'x'"),
+])
+def test_termination_summary(pod_: dict[str, Any], summary: dict[str, Any], line: str) -> None:
+    assert outcome.termination_summary(pod_) == (summary, line)
+
+
+def test_outcome_of_a_failed_job_whose_pod_never_terminated() -> None:
+    job = {"status": {"conditions": [cond("Failed", "BackoffLimitExceeded", "pod failed")]}}
+    result = outcome.job_outcome(job, [containers(RUNNING)], NOW)
+    assert (result.state, result.reason, result.message, result.summary) == (
+        "failed", "BackoffLimitExceeded", "the agent failed (pod failed)", {})
+
+
+@pytest.mark.parametrize(("spec", "limit"), [
+    ({"containers": [{"resources": {"limits": {"memory": "64Mi"}}}]}, " (limit 64Mi)"),
+    # the first container that has a memory limit names it
+    ({"containers": [{"name": "a"}, {"resources": {"requests": {"memory": "1Gi"}}},
+                     {"resources": {"limits": {"cpu": "1"}}},
+                     {"resources": {"limits": {"memory": "256Mi"}}}]}, " (limit 256Mi)"),
+    ({"containers": [{"resources": {"limits": {"cpu": "1"}}}]}, ""),
+    ({"containers": [{"resources": {"limits": None}}, {"resources": None}]}, ""),
+    ({"containers": []}, ""),
+    ({}, ""),
+    (None, ""),
+])
+def test_outcome_of_an_oom_kill_names_the_limit_when_there_is_one(
+        spec: dict[str, Any] | None, limit: str) -> None:
+    job = {"status": {"conditions": [cond("Failed", "BackoffLimitExceeded")]}}
+    p = a_pod({"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                              "message": '{"error": "ignored"}'}})
+    p["spec"] = spec
+    result = outcome.job_outcome(job, [p], NOW)
+    assert (result.state, result.reason, result.message) == (
+        "failed", "OOMKilled", f"the agent ran out of memory{limit}; raise "
+        "spec.job.resources.limits.memory (exit code 137)")
+    assert result.summary == {"error": "ignored"}
+
+
 def test_outcome_deadline_and_missing_job() -> None:
     job = {"status": {"conditions": [cond("Failed", "DeadlineExceeded")]}}
     result = outcome.job_outcome(job, [], NOW)
@@ -152,11 +231,72 @@ def test_outcome_stuck_pod_fails_after_grace() -> None:
     assert result.state == "failed" and "no such image" in result.message
 
 
-def test_outcome_unschedulable() -> None:
-    p = a_pod({}, created=NOW - timedelta(hours=1), conditions=[
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/3 nodes"}])
-    assert outcome.job_outcome({"status": {}}, [p], NOW).reason == "Unschedulable"
+def test_outcome_of_a_job_without_pods_yet() -> None:
+    result = outcome.job_outcome({"status": {"active": 1}}, [], NOW + timedelta(days=1))
+    assert (result.state, result.reason, result.summary) == ("running", "Running", {})
+
+
+LATE = NOW - outcome.STUCK_GRACE - timedelta(seconds=1)
+
+
+def waiting(reason: str, message: str = "") -> dict[str, Any]:
+    return {"waiting": {"reason": reason, "message": message}}
+
+
+@pytest.mark.parametrize(("states", "created", "reason", "message"), [
+    # other reasons are the Job's to bound (backoffLimit, activeDeadlineSeconds)
+    ([waiting("ContainerCreating")], LATE, "Running", "the agent is running"),
+    ([waiting("PodInitializing")], NOW - timedelta(hours=5), "Running", "the agent is running"),
+    ([waiting("CrashLoopBackOff", "back-off")], LATE, "Running", "the agent is running"),
+    ([{"waiting": {}}], LATE, "Running", "the agent is running"),
+    ([RUNNING], LATE, "Running", "the agent is running"),
+    # a stuck reason within the grace period: may still be fixed (e.g. an image pushed late)
+    ([waiting("ImagePullBackOff")], NOW - outcome.STUCK_GRACE, "Running",
+     "the agent is running"),
+    # past it: failed, whichever container is stuck
+    ([waiting("ContainerCreating"), waiting("CreateContainerConfigError", "no secret x")],
+     LATE, "CreateContainerConfigError",
+     "the agent pod cannot start: CreateContainerConfigError: no secret x"),
+    ([RUNNING, waiting("InvalidImageName")], LATE, "InvalidImageName",
+     "the agent pod cannot start: InvalidImageName: no detail"),
+])
+def test_outcome_of_a_waiting_container(states: list[dict[str, Any]], created: datetime,
+                                        reason: str, message: str) -> None:
+    p = containers(*states)
+    p["metadata"]["creationTimestamp"] = timestamp(created)
+    result = outcome.job_outcome({"status": {}}, [p], NOW)
+    assert (result.state, result.reason, result.message) == (
+        "running" if reason == "Running" else "failed", reason, message)
+
+
+def scheduled(status: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": "PodScheduled", "status": status, "reason": reason, "message": message}
+
+
+UNSCHEDULABLE = scheduled("False", "Unschedulable", "0/3 nodes")
+
+
+@pytest.mark.parametrize(("conditions", "age", "state", "message"), [
+    ([UNSCHEDULABLE], timedelta(hours=1), "failed",
+     "the agent pod cannot be scheduled: 0/3 nodes"),
+    ([{"type": "Initialized", "status": "True"}, UNSCHEDULABLE], timedelta(hours=1), "failed",
+     "the agent pod cannot be scheduled: 0/3 nodes"),
+    ([scheduled("False", "Unschedulable")], timedelta(hours=1), "failed",
+     "the agent pod cannot be scheduled: "),
+    # within the grace period: the cluster autoscaler may still add a node
+    ([UNSCHEDULABLE], outcome.UNSCHEDULABLE_GRACE, "running", "the agent is running"),
+    ([scheduled("True")], timedelta(hours=1), "running", "the agent is running"),
+    ([scheduled("False", "SchedulingGated")], timedelta(hours=1), "running",
+     "the agent is running"),
+    ([{"type": "Ready", "status": "False", "reason": "Unschedulable"}], timedelta(hours=1),
+     "running", "the agent is running"),
+])
+def test_outcome_unschedulable(conditions: list[dict[str, Any]], age: timedelta, state: str,
+                               message: str) -> None:
+    p = a_pod({}, created=NOW - age, conditions=conditions)
+    result = outcome.job_outcome({"status": {}}, [p], NOW)
+    assert (result.state, result.message) == (state, message)
+    assert result.reason == ("Unschedulable" if state == "failed" else "Running")
 
 
 # --- status ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from timesheet_backup.agent.errors import ConfigError, ManifestError
+from timesheet_backup.errors import ConfigError, ManifestError
 from timesheet_backup.storage import layout
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from timesheet_backup.agent.errors import ManifestError
+from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import manifest as mf
 
 pytestmark = pytest.mark.unit

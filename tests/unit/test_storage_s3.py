@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from timesheet_backup.agent.errors import ConfigError, IntegrityError, StorageError
+from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
 from timesheet_backup.storage import checksums
 from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store, make_client
 from timesheet_backup.storage.uploader import UploadedPart, UploadResult

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from timesheet_backup.agent.errors import StorageError
+from timesheet_backup.errors import StorageError
 from timesheet_backup.storage import checksums
 from timesheet_backup.storage.uploader import MIN_PART_SIZE, MultipartUploader
 
@@ -24,25 +24,16 @@ def client_error(code: str) -> ClientError:
 
 
 class FakeS3:
-    """Records calls; optionally fails a part, refuses checksums, or slows parts down."""
+    """Records calls; optionally fails a part or refuses checksums."""
 
-    def __init__(
-        self,
-        fail_part: int | None = None,
-        refuse_checksums: bool = False,
-        delay: float = 0.0,
-    ) -> None:
+    def __init__(self, fail_part: int | None = None, refuse_checksums: bool = False) -> None:
         self.fail_part = fail_part
         self.refuse_checksums = refuse_checksums
-        self.delay = delay
         self.parts: dict[int, bytes] = {}
         self.calls: list[str] = []
         self.aborted = False
         self.completed: dict[str, Any] | None = None
         self.create_args: dict[str, Any] = {}
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
 
     def create_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append("create")
@@ -52,21 +43,13 @@ class FakeS3:
         return {"UploadId": "u1"}
 
     def upload_part(self, **kwargs: Any) -> dict[str, Any]:
-        with self.lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            time.sleep(self.delay)
-            number = kwargs["PartNumber"]
-            if number == self.fail_part:
-                raise client_error("InternalError")
-            body = bytes(kwargs["Body"])
-            assert kwargs["ContentMD5"] == checksums.b64(hashlib.md5(body).digest())
-            self.parts[number] = body
-            return {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}
-        finally:
-            with self.lock:
-                self.in_flight -= 1
+        number = kwargs["PartNumber"]
+        if number == self.fail_part:
+            raise client_error("InternalError")
+        body = bytes(kwargs["Body"])
+        assert kwargs["ContentMD5"] == checksums.b64(hashlib.md5(body).digest())
+        self.parts[number] = body
+        return {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}
 
     def complete_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append("complete")
@@ -136,11 +119,39 @@ def test_producer_failure_aborts_the_upload() -> None:
     assert fake.aborted and "complete" not in fake.calls
 
 
+class GatedS3(FakeS3):
+    """Each part waits until `width` parts are in flight (or `patience` ran out), then stays
+    a little longer: a part the uploader starts beyond its bound arrives while they wait."""
+
+    def __init__(self, width: int, patience: float = 2.0) -> None:
+        super().__init__()
+        self.width = width
+        self.patience = patience
+        self.gate = threading.Condition()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]:
+        with self.gate:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.gate.notify_all()
+            self.gate.wait_for(lambda: self.in_flight >= self.width, timeout=self.patience)
+        time.sleep(0.1)
+        try:
+            return super().upload_part(**kwargs)
+        finally:
+            with self.gate:
+                self.in_flight -= 1
+
+
 def test_in_flight_parts_are_bounded_by_concurrency() -> None:
-    fake = FakeS3(delay=0.05)
-    upload(fake, [b"z" * PART] * 8, concurrency=3)
-    assert fake.max_in_flight <= 3
-    assert len(fake.parts) == 8
+    fake = GatedS3(width=3)
+    # Nine parts, a multiple of 3: no part is left waiting for company until `patience` ends.
+    upload(fake, [b"z" * PART] * 9, concurrency=3)
+    # Exactly the bound: parts do run side by side, and never more than 3 at once.
+    assert fake.max_in_flight == 3
+    assert len(fake.parts) == 9
 
 
 def test_store_without_checksums_falls_back() -> None:

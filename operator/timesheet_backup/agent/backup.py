@@ -25,9 +25,9 @@ from typing import TypeVar
 
 from timesheet_backup import __version__
 from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
-from timesheet_backup.agent.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store

@@ -20,17 +20,20 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from timesheet_backup.agent import termination
-from timesheet_backup.agent.errors import AgentError, ConfigError, Interrupted
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.agent.redact import RedactingFilter, Redactor, secrets_from_env
-from timesheet_backup.constants import COMPONENTS
+from timesheet_backup.constants import AGE_IDENTITY_ENV, COMPONENTS
+from timesheet_backup.errors import AgentError, ConfigError, Interrupted
+
+if TYPE_CHECKING:  # imported where used: the operator loads this parser, not the agent's deps
+    from timesheet_backup.agent.backup import BackupRequest
+    from timesheet_backup.agent.restore import RestoreRequest
 
 log = logging.getLogger("timesheet_backup.agent")
 
-IDENTITY_ENV: Final = "TSB_AGE_IDENTITY"
 EXIT_INTERNAL: Final = 3
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
@@ -299,7 +302,7 @@ def add_parsers(commands: Any) -> None:
         "--age-identity-file",
         type=Path,
         default=None,
-        help=f"age private key file (default: ${IDENTITY_ENV})",
+        help=f"age private key file (default: ${AGE_IDENTITY_ENV})",
     )
     _add_s3(restore, writes=False)
     _add_common(restore)
@@ -427,38 +430,44 @@ def _store(args: argparse.Namespace) -> Any:
     return S3Store(s3_settings_from_args(args))
 
 
+def backup_request(args: argparse.Namespace, env: Mapping[str, str]) -> BackupRequest:
+    """The BackupRequest the parsed arguments ask for (the Job builder's contract test reads
+    it: tests/unit/test_agent_contract.py)."""
+    from timesheet_backup.agent.backup import BackupRequest
+
+    components = tuple(dict.fromkeys(args.components or COMPONENTS))
+    database = None
+    if "database" in components:
+        database = connection_from_args(args, env, args.db_name or env.get("PGDATABASE", ""))
+    return BackupRequest(
+        backup_id=args.backup_id or secrets.token_hex(8),
+        namespace=args.namespace,
+        name=args.name,
+        components=components,
+        database=database,
+        dump=DumpOptions(
+            format=args.db_format,
+            jobs=args.db_jobs,
+            tables=tuple(args.db_table),
+            exclude_tables=tuple(args.db_exclude_table),
+            no_owner=args.db_no_owner,
+        ),
+        compression=args.compression,
+        compression_level=args.compression_level,
+        recipients=tuple(args.age_recipient),
+        uploads_dir=args.uploads_dir,
+        uploads_exclude=tuple(args.uploads_exclude),
+        work_dir=args.work_dir,
+        labels=dict(args.label),
+    )
+
+
 def run_backup_command(args: argparse.Namespace) -> int:
     def action() -> dict[str, Any]:
-        from timesheet_backup.agent.backup import BackupRequest, run_backup
+        from timesheet_backup.agent.backup import run_backup
         from timesheet_backup.storage import manifest as mf
 
-        components = tuple(dict.fromkeys(args.components or COMPONENTS))
-        database = None
-        if "database" in components:
-            database = connection_from_args(
-                args, os.environ, args.db_name or os.environ.get("PGDATABASE", "")
-            )
-        request = BackupRequest(
-            backup_id=args.backup_id or secrets.token_hex(8),
-            namespace=args.namespace,
-            name=args.name,
-            components=components,
-            database=database,
-            dump=DumpOptions(
-                format=args.db_format,
-                jobs=args.db_jobs,
-                tables=tuple(args.db_table),
-                exclude_tables=tuple(args.db_exclude_table),
-                no_owner=args.db_no_owner,
-            ),
-            compression=args.compression,
-            compression_level=args.compression_level,
-            recipients=tuple(args.age_recipient),
-            uploads_dir=args.uploads_dir,
-            uploads_exclude=tuple(args.uploads_exclude),
-            work_dir=args.work_dir,
-            labels=dict(args.label),
-        )
+        request = backup_request(args, os.environ)
         request.validate()
         manifest, key = run_backup(request, _store(args), utcnow)
         return mf.summary(manifest, key)
@@ -466,13 +475,13 @@ def run_backup_command(args: argparse.Namespace) -> int:
     return _execute(args, action)
 
 
-def _read_identity(args: argparse.Namespace) -> str | None:
+def _read_identity(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
     if args.age_identity_file is not None:
         try:
             return Path(args.age_identity_file).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read the age identity file: {exc.strerror}") from None
-    return os.environ.get(IDENTITY_ENV) or None
+    return env.get(AGE_IDENTITY_ENV) or None
 
 
 def run_http_check(args: argparse.Namespace) -> int:
@@ -481,44 +490,53 @@ def run_http_check(args: argparse.Namespace) -> int:
     return _execute(args, lambda: wait_healthy(args.url, args.expected_status, args.timeout))
 
 
+def restore_request(
+    args: argparse.Namespace, env: Mapping[str, str], prefix: str
+) -> RestoreRequest:
+    """The RestoreRequest the parsed arguments ask for; `prefix` is the store's key prefix
+    (for --namespace/--name). The identity is read from `env` or --age-identity-file."""
+    from timesheet_backup.agent.restore import RestoreRequest
+    from timesheet_backup.storage import layout
+
+    if args.manifest_key:
+        manifest_key = args.manifest_key
+    elif args.namespace and args.name:
+        manifest_key = layout.manifest_key(prefix, args.namespace, args.name)
+    else:
+        raise ConfigError("give --manifest-key, or --namespace and --name")
+    components = tuple(dict.fromkeys(args.components or ()))
+    database = None
+    if not components or "database" in components:
+        database = connection_from_args(args, env, args.db_name or "")
+        if not database.host:
+            database = None
+    return RestoreRequest(
+        manifest_key=manifest_key,
+        components=components,
+        database=database,
+        maintenance_db=args.maintenance_db,
+        create_database=args.create_database,
+        create_owner=args.create_owner,
+        clean=args.clean,
+        no_owner=args.no_owner,
+        jobs=args.jobs,
+        uploads_dir=args.uploads_dir,
+        uploads_mode=args.uploads_mode,
+        checks=tuple(args.checks),
+        identities=_read_identity(args, env),
+        verify=args.verify,
+        work_dir=args.work_dir,
+        restore_id=args.restore_id or secrets.token_hex(6),
+        drop_after=args.drop_after,
+    )
+
+
 def run_restore_command(args: argparse.Namespace) -> int:
     def action() -> dict[str, Any]:
-        from timesheet_backup.agent.restore import RestoreRequest, run_restore
-        from timesheet_backup.storage import layout
+        from timesheet_backup.agent.restore import run_restore
 
         store = _store(args)
-        if args.manifest_key:
-            manifest_key = args.manifest_key
-        elif args.namespace and args.name:
-            manifest_key = layout.manifest_key(store.settings.prefix, args.namespace, args.name)
-        else:
-            raise ConfigError("give --manifest-key, or --namespace and --name")
-        components = tuple(dict.fromkeys(args.components or ()))
-        database = None
-        if not components or "database" in components:
-            database = connection_from_args(args, os.environ, args.db_name or "")
-            if not database.host:
-                database = None
-        request = RestoreRequest(
-            manifest_key=manifest_key,
-            components=components,
-            database=database,
-            maintenance_db=args.maintenance_db,
-            create_database=args.create_database,
-            create_owner=args.create_owner,
-            clean=args.clean,
-            no_owner=args.no_owner,
-            jobs=args.jobs,
-            uploads_dir=args.uploads_dir,
-            uploads_mode=args.uploads_mode,
-            checks=tuple(args.checks),
-            identities=_read_identity(args),
-            verify=args.verify,
-            work_dir=args.work_dir,
-            restore_id=args.restore_id or secrets.token_hex(6),
-            drop_after=args.drop_after,
-        )
-        return run_restore(request, store)
+        return run_restore(restore_request(args, os.environ, store.settings.prefix), store)
 
     return _execute(args, action)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from timesheet_backup.agent.errors import ConfigError, DatabaseError
+from timesheet_backup.errors import ConfigError, DatabaseError
 
 # Oldest and newest server majors the agent supports: 15 is the oldest the version matrix
 # (tests/integration/test_server_versions.py) can run here, 18 the newest client shipped.

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from timesheet_backup.agent.errors import AgentError
+from timesheet_backup.errors import AgentError
 
 
 class HealthCheckFailed(AgentError):

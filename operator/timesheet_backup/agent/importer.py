@@ -24,8 +24,8 @@ import zstandard
 
 from timesheet_backup import __version__
 from timesheet_backup.agent import streams
-from timesheet_backup.agent.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS
+from timesheet_backup.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store

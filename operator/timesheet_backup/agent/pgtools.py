@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from timesheet_backup.agent.errors import ConfigError
+from timesheet_backup.errors import ConfigError
 
 DUMP_FORMATS: Final = ("custom", "plain", "directory")
 SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")

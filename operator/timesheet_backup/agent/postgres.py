@@ -16,8 +16,8 @@ import psycopg
 from psycopg import sql
 
 from timesheet_backup.agent import pgtools
-from timesheet_backup.agent.errors import CheckFailed, ConfigError, DatabaseError
 from timesheet_backup.agent.pgtools import Connection
+from timesheet_backup.errors import CheckFailed, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
 

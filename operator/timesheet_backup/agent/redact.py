@@ -11,11 +11,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from timesheet_backup.constants import AGE_IDENTITY_ENV
+
 SECRET_VARIABLES: Final = (
     "PGPASSWORD",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    "TSB_AGE_IDENTITY",
+    AGE_IDENTITY_ENV,
 )
 MASK: Final = "***"
 _MIN_LENGTH: Final = 4  # masking "a" everywhere would garble the output and reveal little

@@ -33,15 +33,15 @@ from typing import IO, Any, Final
 import zstandard
 
 from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
-from timesheet_backup.agent.errors import (
+from timesheet_backup.agent.pgtools import Connection, RestoreOptions
+from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.errors import (
     AgentError,
     ConfigError,
     DatabaseError,
     IntegrityError,
     ManifestError,
 )
-from timesheet_backup.agent.pgtools import Connection, RestoreOptions
-from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store

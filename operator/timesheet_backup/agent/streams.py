@@ -21,7 +21,7 @@ from typing import IO, Any, Final, Protocol, cast
 import pyrage
 import zstandard
 
-from timesheet_backup.agent.errors import ConfigError, IntegrityError
+from timesheet_backup.errors import ConfigError, IntegrityError
 
 CHUNK: Final = 1024 * 1024
 COMPRESSIONS: Final = ("zstd", "gzip", "none")

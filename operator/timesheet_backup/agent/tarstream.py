@@ -27,15 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
-from timesheet_backup.agent.errors import ArchiveError, FilesystemError
 from timesheet_backup.agent.streams import CHUNK, Sink
+from timesheet_backup.errors import ArchiveError, FilesystemError
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX: Final = ".tsb-restore-"
+# A `replace` moves the app's entries into `.tsb-aside-<id>` one by one, renames it
+# `.tsb-old-<id>` once it holds all of them, and `.tsb-discard-<id>` once the new tree is in:
+# the name says what a killed attempt left (see replace_with).
+ASIDE_PREFIX: Final = ".tsb-aside-"
 OLD_PREFIX: Final = ".tsb-old-"
+DISCARD_PREFIX: Final = ".tsb-discard-"
+INTERNAL_PREFIXES: Final = (STAGING_PREFIX, ASIDE_PREFIX, OLD_PREFIX, DISCARD_PREFIX)
 # Top-level leftovers of an interrupted restore are never backed up.
-INTERNAL_EXCLUDES: Final = (STAGING_PREFIX + "*", OLD_PREFIX + "*")
+INTERNAL_EXCLUDES: Final = tuple(prefix + "*" for prefix in INTERNAL_PREFIXES)
 # Kept on extraction: permission bits; for directories also setgid (group inheritance, as
 # on an fsGroup volume) and sticky. setuid/setgid on files are dropped.
 FILE_MODE_MASK: Final = 0o777
@@ -565,35 +571,110 @@ def _make_writable(tree: Path) -> None:
 def replace_with(target: Path, staging: Path, token: str) -> None:
     """Make `target` hold exactly the entries of `staging`; `staging` is removed.
 
-    Old entries are first moved aside into `<target>/.tsb-old-<token>` (renames), then the
-    new ones renamed in, then the old ones deleted; a failure before the delete moves
-    everything back."""
-    old = target / (OLD_PREFIX + token)
-    discard(old)  # left by an interrupted attempt with the same id: it is being replaced
-    os.mkdir(old, 0o700)
-    moved_old: list[str] = []
-    moved_new: list[str] = []
+    The app's entries (what the target held before the restore) are never lost, however
+    often an attempt is killed:
+
+    1. they are renamed one by one into `<target>/.tsb-aside-<token>`, which is then renamed
+       `.tsb-old-<token>`: from that rename on it holds all of them;
+    2. the new entries are renamed in from `staging`;
+    3. the old directory is renamed `.tsb-discard-<token>` (the new tree is complete), then
+       deleted.
+
+    A failure (or SIGTERM) before the rename of step 3 puts the app's entries back (and the
+    new ones back into `staging`, for the caller to discard). An attempt killed in between
+    leaves its directory to the next attempt (whatever its id), which carries on from there:
+    beside a `.tsb-aside-*` the live entries are the rest of the app's and join them; beside
+    a `.tsb-old-*` they are the killed attempt's partly swapped-in restore and are
+    discarded; a `.tsb-discard-*` is deleted. So the app's entries stay in that directory
+    until a new tree is complete."""
+    old = _set_aside(target, token)
+    done = target / (DISCARD_PREFIX + old.name.removeprefix(OLD_PREFIX))
     try:
-        for name in _entries(target, (staging.name, old.name)):
-            os.rename(target / name, old / name)
-            moved_old.append(name)
         for name in _entries(staging):
             os.rename(staging / name, target / name)
-            moved_new.append(name)
-    except OSError as exc:
-        for name in moved_new:
-            with contextlib.suppress(OSError):
-                os.rename(target / name, staging / name)
-        for name in moved_old:
-            with contextlib.suppress(OSError):
-                os.rename(old / name, target / name)
-        with contextlib.suppress(OSError):
-            os.rmdir(old)
-        raise FilesystemError(
-            f"could not swap the restored files into {str(target)!r}: {exc}"
-        ) from exc
+        os.rename(old, done)  # the commit: from here on the new tree stays
+    except BaseException as exc:
+        # Judged by what is on disk, not by what this code remembers doing: SIGTERM may
+        # land between a rename and the next line.
+        if os.path.lexists(old):
+            _put_back(target, staging, old)
+        if isinstance(exc, OSError):
+            raise FilesystemError(
+                f"could not swap the restored files into {str(target)!r}: {exc}"
+            ) from exc
+        raise
     os.rmdir(staging)
-    _remove(old)
+    # With it go the staging directories of killed attempts (restore data only) and the old
+    # entries of one killed while deleting them (its new tree was complete).
+    for name in _internal(target, (STAGING_PREFIX, DISCARD_PREFIX)):
+        discard(target / name)
+
+
+def _live(target: Path) -> list[str]:
+    return sorted(n for n in os.listdir(target) if not n.startswith(INTERNAL_PREFIXES))
+
+
+def _internal(target: Path, prefixes: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in os.listdir(target) if n.startswith(prefixes))
+
+
+def _set_aside(target: Path, token: str) -> Path:
+    """Step 1 of replace_with, or what is left of it after a killed attempt: returns the
+    `.tsb-old-*` directory holding every entry the target had before the restore."""
+    leftovers = _internal(target, (ASIDE_PREFIX, OLD_PREFIX))
+    if len(leftovers) > 1:
+        raise FilesystemError(
+            f"{str(target)!r} holds {', '.join(leftovers)}, left by interrupted restores; "
+            "they may hold the files from before them: move what is needed back, delete "
+            "them, and restore again"
+        )
+    if leftovers and leftovers[0].startswith(OLD_PREFIX):
+        old = target / leftovers[0]
+        for name in _live(target):  # the killed attempt's partial restore
+            _remove(target / name)
+        return old
+    aside = target / (leftovers[0] if leftovers else ASIDE_PREFIX + token)
+    old = target / (OLD_PREFIX + aside.name.removeprefix(ASIDE_PREFIX))
+    if not leftovers:
+        os.mkdir(aside, 0o700)
+    try:
+        for name in _live(target):
+            os.rename(target / name, aside / name)
+        os.rename(aside, old)
+    except BaseException as exc:
+        _move_back(target, old if os.path.lexists(old) else aside)
+        if isinstance(exc, OSError):
+            raise FilesystemError(
+                f"could not move the old files in {str(target)!r} aside: {exc}"
+            ) from exc
+        raise
+    return old
+
+
+def _put_back(target: Path, staging: Path, old: Path) -> None:
+    """Undo step 2, then step 1. Best effort: what cannot be moved stays where the next
+    attempt finds it and knows what it is."""
+    for name in _live(target):  # after step 1 every live entry is a new one
+        with contextlib.suppress(OSError):
+            os.rename(target / name, staging / name)
+    if _live(target):
+        return  # new entries are live: `.tsb-old-*` must keep saying it holds all old ones
+    aside = target / (ASIDE_PREFIX + old.name.removeprefix(OLD_PREFIX))
+    try:
+        os.rename(old, aside)
+    except OSError:
+        return
+    _move_back(target, aside)
+
+
+def _move_back(target: Path, kept: Path) -> None:
+    """The entries set aside in `kept` back into the target (the names are disjoint:
+    each was in one place or the other); `kept` goes when empty."""
+    with contextlib.suppress(OSError):
+        for name in _entries(kept):
+            with contextlib.suppress(OSError):
+                os.rename(kept / name, target / name)
+        os.rmdir(kept)
 
 
 def merge_into(target: Path, staging: Path) -> None:

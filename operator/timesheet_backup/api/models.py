@@ -357,6 +357,11 @@ class VerificationSpec:
         "Name of the scratch database. Default <database>_verify.", default=None,
         maxLength=63, **_TEXT
     )
+    decryption: DecryptionSpec | None = field(
+        "Key for encrypted backups, given to each restore test's Restore (its "
+        "spec.decryption); without it the test of an encrypted backup fails with "
+        "DecryptionKeyMissing.", default=None
+    )
 
 
 @dataclass(kw_only=True)
@@ -487,8 +492,10 @@ class QuiesceSpec:
         items_pattern=v.DNS_SUBDOMAIN_PATTERN,
         items_maxLength=253,
     )
-    timeout_seconds: int = field("How long to wait for their pods to go.", default=300,
-                                 minimum=1, maximum=3600)
+    timeout_seconds: int = field(
+        "How long to wait for their pods to go, and for another Restore that holds one of "
+        "them scaled down to give it back; then the Restore fails (QuiesceTimeout, "
+        "QuiesceBusy).", default=300, minimum=1, maximum=3600)
 
 
 @dataclass(kw_only=True)
@@ -718,7 +725,9 @@ class RestoreStatus(RunStatus):
     current_step: str | None = field("The step running now.", default=None, maxLength=64)
     steps: list[RestoreStep] | None = field("Each step with times.", default=None, maxItems=16)
     restored_from: RestoredFrom | None = field("The backup restored.", default=None)
-    job_name: str | None = field("The restore Job.", default=None)
+    job_name: str | None = field(
+        "The Job the Restore created last (restore, hook or verify); one that disappears "
+        "before it finished fails the Restore (JobMissing).", default=None)
     quiesced: list[QuiescedDeployment] | None = field(
         "Deployments scaled down, with their original replicas.", default=None
     )

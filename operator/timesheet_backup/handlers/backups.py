@@ -12,10 +12,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.agent.errors import AgentError, ConfigError, MissingBucket
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.errors import AgentError, ConfigError, MissingBucket
 from timesheet_backup.handlers import bucket
 from timesheet_backup.handlers.common import (
     claim_users,
@@ -24,14 +24,16 @@ from timesheet_backup.handlers.common import (
     enter,
     job_identity,
     lock_database,
+    missing_secrets,
     not_terminal,
     now,
     post_event,
     write,
 )
 from timesheet_backup.jobs import agent_args
+from timesheet_backup.jobs.manifests import backup_job, uploads_claim
 from timesheet_backup.jobs.outcome import job_outcome
-from timesheet_backup.jobs.pod import UPLOADS_MOUNT, AgentJob, PodVolume, agent_job, child_name
+from timesheet_backup.jobs.pod import required_secrets
 from timesheet_backup.status import human_size, parse_time, timestamp
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as manifests
@@ -44,64 +46,10 @@ POLL_SECONDS = 5.0
 MANIFEST_GRACE_SECONDS = 120
 
 
-def required_secrets(spec: models.BackupSpec) -> list[tuple[str, str]]:
-    """(secret, key) pairs the Job will read, checked up front for a clear message."""
-    refs: list[tuple[str, str]] = []
-    if "database" in spec.components and spec.database and spec.database.password_secret_ref:
-        ref = spec.database.password_secret_ref
-        refs.append((ref.name, ref.key))
-    if spec.storage and spec.storage.credentials_secret_ref:
-        creds = spec.storage.credentials_secret_ref
-        refs += [(creds.name, creds.access_key_id_key), (creds.name, creds.secret_access_key_key)]
-        if creds.session_token_key:
-            refs.append((creds.name, creds.session_token_key))
-    return refs
-
-
-def missing_secrets(namespace: str, spec: models.BackupSpec) -> list[str]:
-    problems = []
-    for name, key in required_secrets(spec):
-        try:
-            kube.read_secret_key(namespace, name, key)
-        except LookupError as exc:
-            problems.append(str(exc))
-    return problems
-
-
 def manifest_key_of(body: Mapping[str, Any], spec: models.BackupSpec) -> str:
     meta = body["metadata"]
     prefix = spec.storage.prefix if spec.storage else None
     return layout.manifest_key(prefix or "", meta["namespace"], meta["name"])
-
-
-def uploads_claim(spec: models.BackupSpec) -> str | None:
-    if "uploads" in spec.components and spec.uploads and spec.uploads.claim_name:
-        return spec.uploads.claim_name
-    return None
-
-
-def backup_job(body: Mapping[str, Any], spec: models.BackupSpec, run_on_node: str | None,
-               security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    volumes = []
-    claim = uploads_claim(spec)
-    if claim and spec.uploads:
-        volumes.append(PodVolume("uploads", claim, UPLOADS_MOUNT,
-                                 spec.uploads.sub_path, read_only=True))
-    job = AgentJob(
-        name=child_name(name, "backup"),
-        namespace=namespace,
-        owner=body,
-        labels={c.LABEL_BACKUP: name},
-        args=agent_args.backup_args(meta["uid"], namespace, name, spec),
-        env=agent_args.backup_env(spec),
-        volumes=volumes,
-        job=spec.job or models.JobSpec(),
-        run_on_node=run_on_node,
-        security_context=security_context,
-    )
-    return agent_job(job, config())
 
 
 def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
@@ -115,7 +63,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     except (ResolveError, SpecError, ConfigError) as exc:
         enter(body, patch, "Failed", "InvalidSpec", str(exc), event="Warning")
         return
-    problems = missing_secrets(namespace, spec)
+    problems = missing_secrets(namespace, required_secrets(agent_args.backup_env(spec)))
     if problems:
         enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), event="Warning")
         return
@@ -130,7 +78,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     users = claim_users(namespace, claim)
     explicit = spec.job.pod_security_context if spec.job else None
     chosen = job_identity(body, explicit, claim, users)
-    manifest = backup_job(body, spec, users.node, chosen.security_context)
+    manifest = backup_job(body, spec, config(), users.node, chosen.security_context)
     kube.create_job(manifest)
     job_name = manifest["metadata"]["name"]
     enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started",

@@ -66,6 +66,18 @@ def post_event(body: Mapping[str, Any], type_: Literal["Normal", "Warning"] | st
     kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1024])
 
 
+def missing_secrets(namespace: str, refs: list[tuple[str, str]]) -> list[str]:
+    """What is wrong with each (secret, key) a Job needs (jobs.pod.required_secrets), in
+    words fit for status: the Secret or the key is missing."""
+    problems = []
+    for name, key in refs:
+        try:
+            kube.read_secret_key(namespace, name, key)
+        except LookupError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
     """kopf `when=` filter: only objects still at work need their timer."""
     return status.get("phase") not in TERMINAL_PHASES

@@ -17,7 +17,6 @@ import kopf
 from prometheus_client import REGISTRY, make_wsgi_app
 
 from timesheet_backup import constants as c
-from timesheet_backup.election import ReusePortServer
 from timesheet_backup.handlers.common import now
 from timesheet_backup.metrics import STORE, StoreCollector
 
@@ -33,7 +32,7 @@ def _key(body: kopf.Body) -> tuple[str, str]:
     return (body.metadata.namespace or "", body.metadata.name or "")
 
 
-class _Server(ReusePortServer, ThreadingMixIn, WSGIServer):
+class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 

@@ -1,8 +1,6 @@
 """Restore: a small state machine driven by a timer, its position kept in status so an
-operator restart resumes where it stopped.
-
-    resolve -> wait -> quiesce -> restore -> hooks -> unquiesce -> verify -> Succeeded
-                            \\_______ on failure ______/ -> unquiesce -> Failed
+operator restart resumes where it stopped. The steps and their decisions are in
+decisions/restores.py; this module observes the cluster and carries them out.
 
 Quiesced Deployments carry their original replica count in an annotation written in the same
 patch that scales them to 0, so the count survives an operator crash at any point; unquiesce
@@ -11,16 +9,19 @@ reads it back from there. Deleting a Restore mid-way also gives the replicas bac
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.agent.errors import AgentError
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import deep_merge
+from timesheet_backup.decisions import restores as decide
+from timesheet_backup.decisions.restores import BackupNotReady, RestoreFailed
+from timesheet_backup.errors import AgentError
 from timesheet_backup.handlers import bucket
 from timesheet_backup.handlers.common import (
     claim_users,
@@ -29,32 +30,19 @@ from timesheet_backup.handlers.common import (
     enter,
     job_identity,
     lock_database,
+    missing_secrets,
     not_terminal,
     now,
     post_event,
     write,
 )
-from timesheet_backup.jobs import agent_args
-from timesheet_backup.jobs.outcome import job_outcome
-from timesheet_backup.jobs.pod import UPLOADS_MOUNT, AgentJob, PodVolume, agent_job, child_name
+from timesheet_backup.jobs import agent_args, manifests
+from timesheet_backup.jobs.pod import child_name, required_secrets
 from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 
 POLL_SECONDS = 3.0
 ANNOTATION_REPLICAS = f"{c.GROUP}/original-replicas"
 ANNOTATION_QUIESCED_BY = f"{c.GROUP}/quiesced-by"
-STEPS = ("resolve", "wait", "quiesce", "restore", "hooks", "unquiesce", "verify")
-
-
-class RestoreFailed(Exception):
-    """A step failed; the message is for status and the Event."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class BackupNotReady(Exception):
-    """The Backup to restore has not finished yet: wait for it."""
 
 
 # --- resolution (which backup, which targets) -----------------------------------------------
@@ -70,15 +58,8 @@ def resolve(body: Mapping[str, Any]) -> dict[str, Any]:
     backup_uploads: dict[str, Any] = {}
     if spec.backup_name:
         backup = kube.get_custom(namespace, c.PLURAL_BACKUP, spec.backup_name)
-        if backup is None:
-            raise RestoreFailed("BackupNotFound", f"Backup {spec.backup_name} not found")
-        bst = backup.get("status") or {}
-        if bst.get("phase") in (None, "Pending", "Running"):
-            raise BackupNotReady(f"waiting for Backup {spec.backup_name} to finish")
-        if bst.get("phase") != "Succeeded":
-            raise RestoreFailed("BackupNotSucceeded",
-                                f"Backup {spec.backup_name} is {bst.get('phase')}, "
-                                "only a Succeeded backup can be restored")
+        decide.check_backup(spec.backup_name, backup)
+        bst = (backup or {}).get("status") or {}
         resolved_backup = bst.get("resolved") or {}
         storage = resolved_backup.get("storage") or {}
         manifest_key = bst["manifestKey"]
@@ -95,63 +76,19 @@ def resolve(body: Mapping[str, Any]) -> dict[str, Any]:
         manifest = bucket.read_manifest(bucket.open_store(storage_spec, namespace), manifest_key)
     except (LookupError, AgentError) as exc:
         raise RestoreFailed("ManifestUnreadable", f"cannot read {manifest_key}: {exc}") from exc
-    components: list[str] = list(spec.components or manifest.components)
-    absent = [x for x in components if x not in manifest.components]
-    if absent:
-        raise RestoreFailed("ComponentMissing",
-                            f"the backup has no {', '.join(absent)} (it has "
-                            f"{', '.join(manifest.components)})")
-    # Connection settings come from the backup (or operator defaults for a bucket source);
-    # the user's target fields win. Backup-only fields (format, tables, ...) do not apply.
-    base_db = backup_db or (dump(defaults.database) if defaults.database else {})
-    connection = {k: v for k, v in base_db.items()
-                  if k in ("host", "port", "name", "user", "passwordSecretRef", "sslMode")}
-    target_db = deep_merge(connection, dump(spec.database) if spec.database else {})
-    base_uploads = backup_uploads or (dump(defaults.uploads) if defaults.uploads else {})
-    uploads = {k: v for k, v in base_uploads.items() if k in ("claimName", "subPath")}
-    target_uploads = deep_merge(uploads, dump(spec.uploads) if spec.uploads else {})
-    missing = []
-    if "database" in components:
-        missing += [f"database.{k}" for k in ("host", "name", "user", "passwordSecretRef")
-                    if not target_db.get(k)]
-    if "uploads" in components and not target_uploads.get("claimName"):
-        missing.append("uploads.claimName")
-    if missing:
-        raise RestoreFailed("InvalidSpec", "incomplete restore target, set: " + ", ".join(missing))
-    encrypted = any(a.encrypted for a in manifest.artifacts if a.component in components)
-    if encrypted and spec.decryption is None:
-        raise RestoreFailed("DecryptionKeyMissing",
-                            "the backup is encrypted: set spec.decryption.secretRef")
-    return {
-        "storage": storage,
-        "manifestKey": manifest_key,
-        "backupId": manifest.backup_id,
-        "components": components,
-        "database": target_db if "database" in components else None,
-        "uploads": target_uploads if "uploads" in components else None,
-        "encrypted": encrypted,
-    }
+    # Connection settings come from the backup (or operator defaults for a bucket source).
+    return decide.resolve(spec, decide.Source(
+        storage=storage, manifest_key=manifest_key, backup_id=manifest.backup_id,
+        components=list(manifest.components),
+        encrypted=[a.component for a in manifest.artifacts if a.encrypted],
+        database=backup_db or (dump(defaults.database) if defaults.database else {}),
+        uploads=backup_uploads or (dump(defaults.uploads) if defaults.uploads else {})))
 
 
 def check_secrets(namespace: str, resolved: Mapping[str, Any],
                   spec: models.RestoreSpec) -> None:
-    refs: list[tuple[str, str]] = []
-    db = resolved.get("database") or {}
-    if db.get("passwordSecretRef"):
-        refs.append((db["passwordSecretRef"]["name"], db["passwordSecretRef"]["key"]))
-    creds = (resolved.get("storage") or {}).get("credentialsSecretRef")
-    if creds:
-        spec_creds = parse(models.CredentialsSecretRef, creds, "credentialsSecretRef")
-        refs += [(spec_creds.name, spec_creds.access_key_id_key),
-                 (spec_creds.name, spec_creds.secret_access_key_key)]
-    if resolved.get("encrypted") and spec.decryption:
-        refs.append((spec.decryption.secret_ref.name, spec.decryption.secret_ref.key))
-    problems = []
-    for name, key in refs:
-        try:
-            kube.read_secret_key(namespace, name, key)
-        except LookupError as exc:
-            problems.append(str(exc))
+    problems = missing_secrets(namespace,
+                               required_secrets(agent_args.restore_env(spec, resolved)))
     if problems:
         raise RestoreFailed("SecretMissing", "; ".join(problems))
 
@@ -232,73 +169,6 @@ def unquiesce(namespace: str, restore: str, names: list[str]) -> list[str]:
     return restored
 
 
-def restore_job(body: Mapping[str, Any], spec: models.RestoreSpec,
-                resolved: Mapping[str, Any],
-                security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    meta = body["metadata"]
-    volumes = []
-    uploads = resolved.get("uploads")
-    if uploads:
-        volumes.append(PodVolume("uploads", uploads["claimName"], UPLOADS_MOUNT,
-                                 uploads.get("subPath")))
-    return agent_job(AgentJob(
-        name=child_name(meta["name"], "restore"),
-        namespace=meta["namespace"],
-        owner=body,
-        labels={c.LABEL_RESTORE: meta["name"]},
-        args=agent_args.restore_args(spec, resolved),
-        env=agent_args.restore_env(spec, resolved),
-        volumes=volumes,
-        job=spec.job or models.JobSpec(),
-        security_context=security_context,
-    ), config())
-
-
-def hook_job(body: Mapping[str, Any], index: int, hook: models.HookSpec,
-             spec: models.RestoreSpec) -> dict[str, Any]:
-    meta = body["metadata"]
-    manifest = agent_job(AgentJob(
-        name=child_name(meta["name"], f"hook-{index}"),
-        namespace=meta["namespace"],
-        owner=body,
-        labels={c.LABEL_RESTORE: meta["name"]},
-        args=hook.args or [],
-        command=hook.command,
-        image=hook.image,
-        env=hook.env or [],
-        job=spec.job or models.JobSpec(),
-    ), config())
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    container["name"] = hook.name
-    if hook.env_from:
-        container["envFrom"] = hook.env_from
-    return manifest
-
-
-def verify_job(body: Mapping[str, Any], spec: models.RestoreSpec,
-               check: models.HttpCheck) -> dict[str, Any]:
-    meta = body["metadata"]
-    return agent_job(AgentJob(
-        name=child_name(meta["name"], "verify"),
-        namespace=meta["namespace"],
-        owner=body,
-        labels={c.LABEL_RESTORE: meta["name"]},
-        args=agent_args.http_check_args(check),
-        job=spec.job or models.JobSpec(),
-    ), config())
-
-
-def run_job(manifest: Mapping[str, Any]) -> tuple[str, str]:
-    """Create the Job if needed and report ('running'|'succeeded'|'failed', message)."""
-    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    job = kube.get_job(namespace, name)
-    if job is None:
-        kube.create_job(manifest)
-        return "running", f"Job {name} started"
-    outcome = job_outcome(job, kube.job_pods(namespace, name), now())
-    return outcome.state, outcome.message
-
-
 # --- the state machine ------------------------------------------------------------------------
 
 
@@ -353,17 +223,17 @@ class Machine:
         write(self.patch, {"failedStep": step, "failureReason": reason})
         self.st["failedStep"], self.st["failureReason"] = step, reason
         self.st["message"] = message
-        if self.deployments and step not in ("resolve", "wait"):
-            self.goto("unquiesce", f"{message}; scaling Deployments back up",
+        if decide.unquiesce_after_failure(step, self.deployments):
+            self.goto("unquiesce", decide.unquiescing_message(message),
                       failedStep=step, failureReason=reason)
         else:
             self.end()
 
     def end(self) -> None:
         if self.st.get("failedStep"):
-            message = str(self.st.get("message") or "restore failed")
-            enter(self.body, self.patch, "Failed", str(self.st.get("failureReason")), message,
-                  event="Warning", currentStep=None, steps=self.st.get("steps"))
+            enter(self.body, self.patch, "Failed", str(self.st.get("failureReason")),
+                  decide.failure_message(self.st), event="Warning", currentStep=None,
+                  steps=self.st.get("steps"))
         else:
             source = (self.st.get("resolved") or {}).get("manifestKey")
             enter(self.body, self.patch, "Succeeded", "Completed",
@@ -376,6 +246,9 @@ class Machine:
     def tick(self) -> None:
         step = self.st.get("currentStep") or "resolve"
         try:
+            unknown = decide.unknown_step(step)
+            if unknown:
+                raise unknown
             getattr(self, f"step_{step}")()
         except RestoreFailed as exc:
             self.fail(step, exc.reason, str(exc))
@@ -422,49 +295,61 @@ class Machine:
             self.goto("restore", "restoring")
 
     def step_quiesce(self) -> None:
+        busy, left = None, []
         try:
-            recorded = quiesce(self.namespace, self.name, self.deployments)
+            write(self.patch, {"quiesced": quiesce(self.namespace, self.name,
+                                                   self.deployments)})
+            left = pods_left(self.namespace, self.deployments)
         except QuiesceBusy as exc:
-            write(self.patch, {"message": str(exc)})
-            return
-        write(self.patch, {"quiesced": recorded})
-        left = pods_left(self.namespace, self.deployments)
-        if left:
-            started = parse_time(self._step_start("quiesce")) or now()
-            timeout = self.spec.quiesce.timeout_seconds if self.spec.quiesce else 300
-            if (now() - started).total_seconds() > timeout:
-                raise RestoreFailed("QuiesceTimeout",
-                                    f"pods still running after {timeout}s: {', '.join(left)}")
-            write(self.patch, {"message": f"waiting for pods to stop: {', '.join(left)}"})
+            busy = str(exc)
+        quiesce_spec = self.spec.quiesce or models.QuiesceSpec()
+        progress = decide.quiesce_progress(self._step_start("quiesce") or now(), now(),
+                                           quiesce_spec.timeout_seconds, busy, left)
+        if progress.action == "fail":
+            raise RestoreFailed(progress.reason, progress.message)
+        if progress.action == "wait":
+            write(self.patch, {"message": progress.message})
             return
         self.finish_step("quiesce", "Succeeded")
         self.goto("restore", "restoring")
 
-    def _step_start(self, name: str) -> str | None:
+    def _step_start(self, name: str) -> datetime | None:
         for s in self.st.get("steps") or []:
             if s["name"] == name:
-                return str(s.get("startTime"))
+                return parse_time(s.get("startTime"))
         return None
+
+    def job_step(self, step: str, name: str) -> decide.JobStep:
+        """Observe the step's Job `name` and decide; a Job to create is created by the
+        caller, which records it in status.jobName in the same patch."""
+        job = kube.get_job(self.namespace, name)
+        pods = kube.job_pods(self.namespace, name) if job else []
+        decision = decide.job_step(step, name, self.st.get("jobName"), job, pods, now())
+        if decision.action == "fail":
+            raise RestoreFailed(decision.reason, decision.message)
+        return decision
+
+    def start_job(self, manifest: Mapping[str, Any]) -> None:
+        kube.create_job(manifest)  # False (409) after a crash before the status patch: ours
+        self.st["jobName"] = manifest["metadata"]["name"]
+        write(self.patch, {"jobName": self.st["jobName"]})
 
     def step_restore(self) -> None:
         resolved = self.st.get("resolved") or {}
-        security_context = None
-        if kube.get_job(self.namespace, child_name(self.name, "restore")) is None:
+        decision = self.job_step("restore", child_name(self.name, "restore"))
+        if decision.action == "create":
             # Decided once, when the Job is created: the restored files must belong to the
             # app (whose pods are gone by now: its Deployment's template tells who it is).
             claim = (resolved.get("uploads") or {}).get("claimName")
             explicit = self.spec.job.pod_security_context if self.spec.job else None
             chosen = job_identity(self.body, explicit, claim,
                                   claim_users(self.namespace, claim))
-            security_context = chosen.security_context
             write(self.patch, {"jobIdentity": chosen.description})
-        manifest = restore_job(self.body, self.spec, resolved, security_context)
-        state, message = run_job(manifest)
-        write(self.patch, {"jobName": manifest["metadata"]["name"]})
-        if state == "running":
+            self.start_job(manifests.restore_job(self.body, self.spec, resolved, config(),
+                                                 chosen.security_context))
             return
-        if state == "failed":
-            raise RestoreFailed("RestoreJobFailed", message)
+        if decision.action == "wait":
+            return
         self.finish_step("restore", "Succeeded")
         hooks = self.spec.hooks.post_restore if self.spec.hooks else None
         if hooks:
@@ -479,13 +364,21 @@ class Machine:
             self.after_unquiesce()
 
     def step_hooks(self) -> None:
-        hooks = self.spec.hooks.post_restore if self.spec.hooks else None
-        for index, hook in enumerate(hooks or []):
-            state, message = run_job(hook_job(self.body, index, hook, self.spec))
-            if state == "running":
+        hooks = (self.spec.hooks.post_restore if self.spec.hooks else None) or []
+        names = [manifests.hook_job_name(self.name, index) for index in range(len(hooks))]
+        # From the hook at work on: finished ones are not looked at again (their Jobs may
+        # be gone, removed by ttlSecondsAfterFinished).
+        for index in range(decide.current_hook(names, self.st.get("jobName")), len(hooks)):
+            hook = hooks[index]
+            try:
+                decision = self.job_step("hooks", names[index])
+            except RestoreFailed as exc:
+                raise RestoreFailed(exc.reason, f"hook {hook.name} failed: {exc}") from exc
+            if decision.action == "create":
+                self.start_job(manifests.hook_job(self.body, index, hook, self.spec, config()))
                 return
-            if state == "failed":
-                raise RestoreFailed("HookFailed", f"hook {hook.name} failed: {message}")
+            if decision.action == "wait":
+                return
         self.finish_step("hooks", "Succeeded")
         self.after_data()
 
@@ -508,12 +401,13 @@ class Machine:
         if check is None:
             self.end()
             return
-        state, message = run_job(verify_job(self.body, self.spec, check))
-        if state == "running":
+        decision = self.job_step("verify", child_name(self.name, "verify"))
+        if decision.action == "create":
+            self.start_job(manifests.verify_job(self.body, self.spec, check, config()))
             return
-        if state == "failed":
-            raise RestoreFailed("VerificationFailed", message)
-        self.finish_step("verify", "Succeeded", message)
+        if decision.action == "wait":
+            return
+        self.finish_step("verify", "Succeeded", decision.message)
         self.end()
 
 
@@ -526,8 +420,19 @@ def reconcile_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
 @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL_RESTORE)
 def delete_restore(body: kopf.Body, **_: Any) -> None:
-    """A Restore deleted mid-way still gives the app its replicas back."""
+    """A Restore deleted mid-way still gives the app its replicas back, once none of its
+    Jobs' pods runs any more (a restore Job may be running pg_restore or swapping the
+    uploads in: the app must not start on a half-restored state)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    own = {c.LABEL_RESTORE: name}
+    plan = decide.deletion(kube.jobs_matching(namespace, own), kube.pods_matching(namespace, own))
+    for job in plan.delete_jobs:
+        kube.delete_job(namespace, job)
+    if not plan.unquiesce:
+        raise kopf.TemporaryError(
+            f"waiting for the Restore's Jobs to stop before scaling back up: "
+            f"{', '.join(plan.waiting_for)}", delay=5)
     spec = body.get("spec") or {}
     names = (spec.get("quiesce") or {}).get("deployments") or []
     if names:
-        unquiesce(body["metadata"]["namespace"], body["metadata"]["name"], list(names))
+        unquiesce(namespace, name, list(names))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -14,6 +13,7 @@ from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.decisions.schedules import backup_body, verification_body
 from timesheet_backup.handlers.common import (
     config,
     database_target,
@@ -22,7 +22,6 @@ from timesheet_backup.handlers.common import (
     running_on,
     write,
 )
-from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import cron, planner, retention
 from timesheet_backup.status import (
     TERMINAL_PHASES,
@@ -35,76 +34,6 @@ from timesheet_backup.status import (
 TICK_SECONDS = 10.0
 KEEP_VERIFICATIONS = 3
 CANNOT_CREATE = "cannot create a Backup"
-
-# Argo CD's tracking label (its default `application.instanceLabelKey`) and annotations. A
-# Backup created by a schedule must not carry them (e.g. copied into the template from a
-# chart's common labels): Argo CD would count it as part of the app, report it as extraneous
-# and, with auto-prune, delete it -- and through its deletion policy its objects in the bucket.
-ARGOCD_INSTANCE_LABEL = "app.kubernetes.io/instance"
-ARGOCD_ANNOTATION_PREFIX = "argocd.argoproj.io/"
-
-
-def _labels(schedule: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {**(extra or {}), c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SCHEDULE: schedule}
-
-
-def untracked_metadata(labels: Mapping[str, str] | None,
-                       annotations: Mapping[str, str] | None
-                       ) -> tuple[dict[str, str], dict[str, str]]:
-    """Template labels and annotations without Argo CD's tracking keys."""
-    return ({k: v for k, v in (labels or {}).items() if k != ARGOCD_INSTANCE_LABEL},
-            {k: v for k, v in (annotations or {}).items()
-             if not k.startswith(ARGOCD_ANNOTATION_PREFIX)})
-
-
-def backup_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
-                name: str) -> dict[str, Any]:
-    meta = schedule["metadata"]
-    template = spec.template
-    tmeta = template.metadata or models.TemplateMetadata()
-    labels, annotations = untracked_metadata(tmeta.labels, tmeta.annotations)
-    metadata: dict[str, Any] = {
-        "name": name,
-        "namespace": meta["namespace"],
-        "labels": _labels(meta["name"], labels),
-    }
-    if annotations:
-        metadata["annotations"] = annotations
-    if spec.backup_owner_reference == "schedule":
-        ref = owner_reference(schedule)
-        ref["controller"] = False
-        metadata["ownerReferences"] = [ref]
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": c.KIND_BACKUP,
-        "metadata": metadata,
-        "spec": copy.deepcopy((schedule.get("spec") or {}).get("template", {}).get("spec", {})),
-    }
-
-
-def verification_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
-                      verification: models.VerificationSpec, backup: Mapping[str, Any],
-                      run_at_name: str) -> dict[str, Any]:
-    meta = schedule["metadata"]
-    resolved_db = ((backup.get("status") or {}).get("resolved") or {}).get("database") or {}
-    scratch = verification.database or f"{resolved_db.get('name', 'timesheet')}_verify"[:63]
-    return {
-        "apiVersion": c.API_VERSION,
-        "kind": c.KIND_RESTORE,
-        "metadata": {
-            "name": run_at_name,
-            "namespace": meta["namespace"],
-            "labels": {**_labels(meta["name"]), c.LABEL_VERIFICATION: "true"},
-            "ownerReferences": [owner_reference(schedule)],
-        },
-        "spec": {
-            "backupName": backup["metadata"]["name"],
-            "components": ["database"],
-            "database": {"name": scratch, "createDatabase": True, "clean": True,
-                         "dropAfter": True},
-            "verify": {"sqlChecks": list(verification.checks)},
-        },
-    }
 
 
 def _time_of(backup: Mapping[str, Any]) -> Any:
@@ -250,7 +179,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
     newest_good = max(good, key=_time_of)
     name = planner.backup_name(f"{meta['name']}-verify", plan.run_at)
     kube.create_custom(namespace, c.PLURAL_RESTORE,
-                       verification_body(body, spec, verification, newest_good, name))
+                       verification_body(body, verification, newest_good, name))
 
 
 @kopf.timer(c.GROUP, c.VERSION, c.PLURAL_SCHEDULE, interval=TICK_SECONDS)

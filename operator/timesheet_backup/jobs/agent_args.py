@@ -10,10 +10,10 @@ from typing import Any
 
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
+from timesheet_backup.constants import AGE_IDENTITY_ENV
 from timesheet_backup.jobs.pod import SCRATCH_MOUNT, UPLOADS_MOUNT, secret_env, storage_env
 
 TERMINATION_LOG = "/dev/termination-log"
-IDENTITY_ENV = "TSB_AGE_IDENTITY"
 
 
 def storage_args(storage: models.StorageSpec, *, writes: bool) -> list[str]:
@@ -87,31 +87,40 @@ def backup_env(spec: models.BackupSpec) -> list[dict[str, Any]]:
     return env
 
 
+def restore_targets(resolved: Mapping[str, Any]
+                    ) -> tuple[models.RestoreDatabaseTarget | None,
+                               models.RestoreUploadsTarget | None]:
+    """The targets of status.resolved as models, so unset fields get the models' defaults
+    (e.g. `clean`) and no second copy of them lives here."""
+    db, uploads = resolved.get("database"), resolved.get("uploads")
+    return (parse(models.RestoreDatabaseTarget, db, "database") if db else None,
+            parse(models.RestoreUploadsTarget, uploads, "uploads") if uploads else None)
+
+
 def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[str]:
     """`resolved` is the Restore's status.resolved: source, components and targets."""
     args = ["agent", "restore", f"--manifest-key={resolved['manifestKey']}"]
     args += [f"--component={c}" for c in resolved["components"]]
-    db = resolved.get("database")
+    db, uploads = restore_targets(resolved)
     if db:
-        args += connection_args(db, "--target-db-name")
-        if db.get("createDatabase"):
+        args += connection_args({"host": db.host, "user": db.user, "name": db.name,
+                                 "port": db.port, "sslMode": db.ssl_mode}, "--target-db-name")
+        if db.create_database:
             args.append("--create-database")
-        if db.get("owner"):
-            args.append(f"--create-owner={db['owner']}")
-        if db.get("clean", True):
+        if db.owner:
+            args.append(f"--create-owner={db.owner}")
+        if db.clean:
             args.append("--clean")
-        if db.get("noOwner"):
+        if db.no_owner:
             args.append("--no-owner")
-        if db.get("jobs"):
-            args.append(f"--jobs={db['jobs']}")
-        if db.get("dropAfter"):
+        if db.jobs:
+            args.append(f"--jobs={db.jobs}")
+        if db.drop_after:
             args.append("--drop-database-after")
         checks = spec.verify.sql_checks if spec.verify else None
         args += [f"--check={q}" for q in checks or []]
-    uploads = resolved.get("uploads")
     if uploads:
-        args += [f"--uploads-dir={UPLOADS_MOUNT}",
-                 f"--uploads-mode={uploads.get('mode') or 'replace'}"]
+        args += [f"--uploads-dir={UPLOADS_MOUNT}", f"--uploads-mode={uploads.mode}"]
     return args + storage_args(restore_storage(resolved), writes=False) + common_args()
 
 
@@ -121,13 +130,14 @@ def restore_storage(resolved: Mapping[str, Any]) -> models.StorageSpec:
 
 def restore_env(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
-    db = resolved.get("database")
-    if db and db.get("passwordSecretRef"):
-        ref = db["passwordSecretRef"]
-        env += secret_env("PGPASSWORD", models.SecretKeyRef(name=ref["name"], key=ref["key"]))
+    db, _ = restore_targets(resolved)
+    if db:
+        env += secret_env("PGPASSWORD", db.password_secret_ref)
     env += storage_env(restore_storage(resolved))
-    if spec.decryption:
-        env += secret_env(IDENTITY_ENV, spec.decryption.secret_ref)
+    # The key only when the artifacts need it: a Secret the agent would not read must not
+    # keep its pod from starting (nor fail the Restore as SecretMissing).
+    if spec.decryption and resolved.get("encrypted"):
+        env += secret_env(AGE_IDENTITY_ENV, spec.decryption.secret_ref)
     return env
 
 

@@ -79,8 +79,15 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
         summary, line = termination_summary(newest) if newest else ({}, "")
         exit_code = (_terminated(newest) or {}).get("exitCode") if newest else None
         reason = failed.get("reason") or "JobFailed"
+        terminated = (_terminated(newest) or {}) if newest else {}
         if reason == "DeadlineExceeded":
             message = "the agent did not finish within activeDeadlineSeconds"
+        elif terminated.get("reason") == "OOMKilled":
+            # The kubelet says why: the container went over its memory limit.
+            reason = "OOMKilled"
+            limit = _memory_limit(newest or {})
+            message = ("the agent ran out of memory" + (f" (limit {limit})" if limit else "")
+                       + "; raise spec.job.resources.limits.memory")
         elif exit_code == KILLED_EXIT_CODE and not summary:
             # No JSON summary: the agent never got to say why. Its last log line is kept
             # as a hint of where it was.
@@ -98,6 +105,14 @@ def job_outcome(job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
         if stuck:
             return stuck
     return Outcome("running", "Running", "the agent is running")
+
+
+def _memory_limit(pod: Mapping[str, Any]) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit:
+            return str(limit)
+    return None
 
 
 def _stuck(pod: Mapping[str, Any], now: datetime) -> Outcome | None:

@@ -47,6 +47,18 @@ def secret_env(name: str, ref: models.SecretKeyRef | None, optional: bool = Fals
     return [{"name": name, "valueFrom": {"secretKeyRef": selector}}]
 
 
+def required_secrets(env: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(secret, key) pairs a container's `env` reads and cannot start without: the one list of
+    Secrets a Backup or Restore checks up front (SecretMissing) instead of leaving a pod in
+    CreateContainerConfigError. Taken from the env the Job gets, so it cannot drift from it."""
+    refs: list[tuple[str, str]] = []
+    for entry in env:
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        if ref and not ref.get("optional") and (ref["name"], ref["key"]) not in refs:
+            refs.append((ref["name"], ref["key"]))
+    return refs
+
+
 def storage_env(storage: models.StorageSpec) -> list[dict[str, Any]]:
     """S3 credentials from their Secret; none when the pod's cloud identity is used."""
     creds = storage.credentials_secret_ref

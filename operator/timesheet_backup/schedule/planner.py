@@ -14,7 +14,7 @@ from timesheet_backup.schedule import cron
 
 @dataclass(frozen=True)
 class Plan:
-    run_at: datetime | None  # the scheduled time of the run to start now
+    run_at: datetime | None  # the scheduled time of the run to start now (names it)
     record_time: datetime | None  # new lastScheduleTime (a run started or skipped)
     skipped: str | None  # why a due run is not started
     next_time: datetime | None  # the next run after this one
@@ -34,7 +34,10 @@ def plan(
     if suspend:
         return Plan(None, None, None, next_time)
     if last_schedule_time is None and run_on_create:
-        return Plan(now, now, None, next_time)
+        # Named after the schedule's creation, not `now`: a tick that created the Backup but
+        # did not get to record lastScheduleTime (a crash) plans the same name again and
+        # finds it (409) instead of creating a second one.
+        return Plan(created, now, None, next_time)
     reference = last_schedule_time or created
     due = cron.next_after(expr, reference, time_zone)
     if due > now:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from timesheet_backup.agent.errors import AgentError
 from timesheet_backup.constants import MANIFEST_NAME
+from timesheet_backup.errors import AgentError
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from timesheet_backup.agent.errors import ConfigError, ManifestError
 from timesheet_backup.constants import MANIFEST_NAME
+from timesheet_backup.errors import ConfigError, ManifestError
 
 DATABASE_FORMAT_EXTENSIONS: Final = {
     "custom": "dump",

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from timesheet_backup.agent.errors import ManifestError
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import layout
 
 API_VERSION: Final = "backup.northstar.io/manifest/v1"

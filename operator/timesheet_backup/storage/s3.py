@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from timesheet_backup.agent.errors import ConfigError, IntegrityError, StorageError
+from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
 from timesheet_backup.storage import checksums, s3errors
 from timesheet_backup.storage.uploader import MultipartUploader, UploadResult
 

@@ -12,7 +12,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from timesheet_backup.agent.errors import MissingBucket, StorageError
+from timesheet_backup.errors import MissingBucket, StorageError
 
 _ACCESS_DENIED = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
 _BAD_CREDENTIALS = frozenset(

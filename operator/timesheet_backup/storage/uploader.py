@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from timesheet_backup.agent.errors import StorageError
+from timesheet_backup.errors import StorageError
 from timesheet_backup.storage import checksums, s3errors
 
 if TYPE_CHECKING:

@@ -1,7 +1,10 @@
-"""Expected failures of the agent, each with a one-line message a person can act on.
+"""Expected failures, each with a one-line message a person can act on.
 
-The CLI prints `str(error)` and exits with `exit_code`; it prints a traceback only for
-exceptions outside this hierarchy (bugs).
+Raised by the agent and by storage (S3, manifests, key layout), and caught by the operator's
+handlers: a top-level module, so storage and the handlers need not import the agent (the
+layering test, tests/unit/test_layering.py, holds that). The agent's CLI prints `str(error)`
+and exits with `exit_code`; it prints a traceback only for exceptions outside this
+hierarchy (bugs).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A small JSON-over-HTTP Kubernetes API client plus list/watch informers.
 
-Why not the generated ``kubernetes`` client for everything: the agent handles
-objects as plain dicts (it copies whole pod specs around, writes merge patches of
-pod status and streams watches for hours), and the generated models add a
-round-trip through typed objects for no gain. The kubeconfig is still parsed by
+Why not the generated ``kubernetes`` client for everything: the provisioner handles
+objects as plain dicts (whole PersistentVolume manifests, merge patches of claims and
+watches that run for hours), and the generated models add a round-trip through typed
+objects for no gain. The kubeconfig is still parsed by
 ``kubernetes.config`` so every kubeconfig form that library accepts works here.
 """
 
@@ -21,7 +21,7 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-log = logging.getLogger("nodeagent.kube")
+log = logging.getLogger("provisioner.kube")
 
 Obj = dict[str, Any]
 
@@ -54,7 +54,7 @@ class Kube:
         self.server_host = parsed.hostname or "127.0.0.1"
         self.server_port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self.ca_file = cfg.ssl_ca_cert
-        self._headers = {"Accept": "application/json", "User-Agent": "tsb-nodeagent/0.1"}
+        self._headers = {"Accept": "application/json", "User-Agent": "tsb-provisioner/0.1"}
         for setting in cfg.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):
                 self._headers[setting["key"]] = setting["value"]

@@ -5,7 +5,7 @@ already has one) and, for every claim of that class (or of no class) that has no
 volume, creates a PersistentVolume pre-bound to the claim (``claimRef``) whose
 hostPath is a directory under ``<state-dir>/pvs``. The real controller-manager's
 persistentvolume-binder then completes the binding. If the binder is not running,
-the agent completes it itself after a grace period (see ``_bind_fallback``).
+the provisioner completes it itself after a grace period (see ``_bind_fallback``).
 Released volumes of the class are deleted with their directory (reclaim Delete).
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from .kube import ApiError, Informer, Kube
 
-log = logging.getLogger("nodeagent.provisioner")
+log = logging.getLogger("provisioner")
 
 Obj = dict[str, Any]
 CLASS_NAME = "tsb-hostpath"
