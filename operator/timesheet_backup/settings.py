@@ -5,7 +5,8 @@ Sources, later ones winning:
    `OperatorConfig` with the same strict parser as the custom resources;
 2. a few `TSB_*` environment variables for what differs per deployment.
 
-The `defaults` section fills what a Backup leaves unset, so a minimal Backup is `spec: {}`.
+The `defaults` section (`api.defaults.Defaults`) fills what a Backup leaves unset, so a
+minimal Backup is `spec: {}`.
 """
 
 from __future__ import annotations
@@ -19,22 +20,10 @@ from typing import Any
 
 import yaml
 
-from timesheet_backup.api import models
+from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import SpecError, field, parse
 
 DEFAULT_IMAGE = "timesheet-backup-operator:dev"
-
-
-@dataclass(kw_only=True)
-class Defaults:
-    """Values for every field a Backup or BackupSchedule template leaves unset."""
-
-    database: models.DatabaseSpec | None = field("Database defaults.", default=None)
-    uploads: models.UploadsSpec | None = field("Uploads defaults.", default=None)
-    storage: models.StorageSpec | None = field("Storage defaults.", default=None)
-    compression: models.CompressionSpec | None = field("Compression defaults.", default=None)
-    encryption: models.EncryptionSpec | None = field("Encryption defaults.", default=None)
-    job: models.JobSpec | None = field("Job tuning defaults.", default=None)
 
 
 @dataclass(kw_only=True)

@@ -106,11 +106,13 @@ def transition(
     return patch
 
 
-def human_size(size: int) -> str:
-    """`1536` -> `1.5 KiB`, for the printer column."""
+def human_size(size: int, sep: str = " ") -> str:
+    """`1536` -> `1.5 KiB` (binary units), the one size formatter: the Backup printer column
+    and Events use the default; the catalog table passes `sep=""` (`1.5KiB`) so each of
+    its whitespace-separated columns stays one word."""
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            return f"{int(value)}{sep}{unit}" if unit == "B" else f"{value:.1f}{sep}{unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover

@@ -17,6 +17,7 @@ from timesheet_backup import settings
 from timesheet_backup.agent import cli, redact
 from timesheet_backup.agent.pgtools import Connection
 from timesheet_backup.api import models
+from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import dump, parse
 from timesheet_backup.api.resolve import resolve_backup
 from timesheet_backup.cli import build_parser
@@ -75,7 +76,7 @@ def backup_request(spec: Mapping[str, Any]) -> tuple[Any, Any, dict[str, str]]:
     (merged over no operator defaults: the Backup says everything)."""
     body = backup_body({"components": ["database", "uploads"], "database": DB,
                         "uploads": UPLOADS, "storage": STORAGE, **spec})
-    resolved = resolve_backup(body["spec"], settings.Defaults())
+    resolved = resolve_backup(body["spec"], Defaults())
     manifest = manifests.backup_job(body, resolved, CONFIG)
     args = agent_parses(manifest)
     assert args.run is cli.run_backup_command
@@ -138,7 +139,7 @@ def test_backup_identity_and_places() -> None:
                                           dbname="timesheet_db")
     body = backup_body({"components": ["uploads"], "uploads": {**UPLOADS, "subPath": "files"},
                         "storage": STORAGE})
-    manifest = manifests.backup_job(body, resolve_backup(body["spec"], settings.Defaults()),
+    manifest = manifests.backup_job(body, resolve_backup(body["spec"], Defaults()),
                                     CONFIG)
     mounts = {m["mountPath"]: m for m in container(manifest)["volumeMounts"]}
     assert request.uploads_dir == Path(manifests.UPLOADS_MOUNT)
@@ -170,7 +171,7 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
     """(RestoreRequest, S3Settings, env) the agent builds from the Job of a Restore `spec` of
     a Backup made with the settings above (resolved as the operator resolves it)."""
     backup = resolve_backup({"components": ["database", "uploads"], "database": DB,
-                             "uploads": UPLOADS, "storage": storage}, settings.Defaults())
+                             "uploads": UPLOADS, "storage": storage}, Defaults())
     restore = parse(models.RestoreSpec, {"backupName": "nightly", **spec})
     resolved = decide.resolve(restore, decide.Source(
         storage=dump(backup.storage), manifest_key="timesheet/nightly/manifest.json",

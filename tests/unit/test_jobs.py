@@ -11,6 +11,7 @@ import pytest
 
 from timesheet_backup import settings
 from timesheet_backup.api import models
+from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import SpecError, parse
 from timesheet_backup.api.resolve import ResolveError, deep_merge, resolve_backup
 from timesheet_backup.api.validation import DNS_LABEL_PATTERN
@@ -329,9 +330,16 @@ def test_merge_conditions_orders_fixed_set_first() -> None:
 
 
 @pytest.mark.parametrize("size,text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"),
-                                       (5 * 1024**3, "5.0 GiB")])
+                                       (5 * 1024**3, "5.0 GiB"), (5 * 1024**5, "5120.0 TiB")])
 def test_human_size(size: int, text: str) -> None:
     assert human_size(size) == text
+
+
+@pytest.mark.parametrize("size,text", [(0, "0B"), (1023, "1023B"), (1536, "1.5KiB"),
+                                       (5 * 1024**4, "5.0TiB")])
+def test_human_size_as_one_word(size: int, text: str) -> None:
+    """The form of the catalog table's SIZE column (tests/unit/test_storage_catalog.py)."""
+    assert human_size(size, sep="") == text
 
 
 # --- settings and resolution ----------------------------------------------------------------
@@ -353,8 +361,8 @@ def test_settings_refuse_unknown_fields(tmp_path: Path) -> None:
         settings.load({"TSB_CONFIG": str(config)})
 
 
-def defaults() -> settings.Defaults:
-    return parse(settings.Defaults, {
+def defaults() -> Defaults:
+    return parse(Defaults, {
         "database": {"host": "timesheet-db", "name": "timesheet_db", "user": "timesheet",
                      "passwordSecretRef": {"name": "db", "key": "password"}, "noOwner": True},
         "uploads": {"claimName": "timesheet-uploads"},
@@ -381,13 +389,13 @@ def test_user_values_win_even_when_false() -> None:
 
 def test_incomplete_backup_names_every_missing_field() -> None:
     with pytest.raises(ResolveError) as err:
-        resolve_backup({}, settings.Defaults())
+        resolve_backup({}, Defaults())
     assert "database.host" in str(err.value) and "uploads.claimName" in str(err.value)
     assert "storage.bucket" in str(err.value)
     # Only what the chosen components need.
     with pytest.raises(ResolveError) as err:
         resolve_backup({"components": ["uploads"], "uploads": {"claimName": "u"}},
-                       settings.Defaults())
+                       Defaults())
     assert str(err.value).endswith("storage.bucket")
 
 
@@ -398,7 +406,7 @@ def test_deep_merge() -> None:
 
 def test_agent_jobs_get_the_default_resources_unless_they_set_their_own() -> None:
     defaults = {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi"}}
-    config = settings.OperatorConfig(defaults=settings.Defaults(
+    config = settings.OperatorConfig(defaults=Defaults(
         job=models.JobSpec(resources=defaults)))
 
     def resources(**overrides: Any) -> Any:

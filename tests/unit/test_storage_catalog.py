@@ -72,13 +72,6 @@ def test_sort_table_and_json() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("size", "text"), [(0, "0B"), (1023, "1023B"), (1536, "1.5KiB"), (5 * 1024**4, "5.0TiB")]
-)
-def test_human_size(size: int, text: str) -> None:
-    assert catalog.human_size(size) == text
-
-
 def client_error(code: str, message: str = "") -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": message}}, "HeadBucket")
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from timesheet_backup.errors import ManifestError
+from timesheet_backup.errors import ManifestError, StorageError
 from timesheet_backup.storage import manifest as mf
 
 pytestmark = pytest.mark.unit
@@ -98,6 +100,79 @@ def test_check_keys_refuses_foreign_keys() -> None:
     sample().check_keys(KEY)
     with pytest.raises(ManifestError):
         sample().check_keys("q/ns/daily/manifest.json")
+
+
+class FakeStore:
+    """What `mf.read` asks of a store, with the reads it made."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.reads: list[tuple[str, int]] = []
+
+    bucket = "b"
+
+    def read_bytes(self, key: str, limit: int) -> bytes:
+        self.reads.append((key, limit))
+        return self.objects[key]
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+
+def test_read_is_the_one_reader() -> None:
+    """Every reader of a manifest in a bucket (operator, agent restore and retried backup,
+    catalog) gets the same checks from `mf.read`: bounded read, strict parse, own keys."""
+    store = FakeStore({KEY: mf.dumps(sample()), "q/ns/daily/manifest.json": mf.dumps(sample())})
+    assert mf.read(store, KEY) == sample()
+    assert store.reads == [(KEY, mf.MAX_MANIFEST_BYTES)]
+    with pytest.raises(ManifestError, match="outside its directory"):
+        mf.read(store, "q/ns/daily/manifest.json")
+    store.reads.clear()
+    with pytest.raises(ManifestError, match="not a manifest key"):
+        mf.read(store, "p/ns/daily/database.dump.zst.age")
+    assert store.reads == []  # refused before reading
+
+
+def test_a_retried_backup_reads_the_manifest_it_may_have_written() -> None:
+    """A retried Job finds its own finished backup through `mf.read`, with its checks."""
+    from timesheet_backup.agent.backup import _check_existing
+
+    assert _check_existing(FakeStore({}), KEY, "uid-1") is None  # type: ignore[arg-type]
+    store = FakeStore({KEY: mf.dumps(sample())})
+    assert _check_existing(store, KEY, "uid-1") == sample()  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="already holds backup 'uid-1'"):
+        _check_existing(store, KEY, "uid-2")  # type: ignore[arg-type]
+    moved = FakeStore({"q/ns/daily/manifest.json": mf.dumps(sample())})
+    with pytest.raises(ManifestError, match="outside its directory"):
+        _check_existing(moved, "q/ns/daily/manifest.json", "uid-1")  # type: ignore[arg-type]
+
+
+def test_no_other_module_parses_a_manifest() -> None:
+    """Outside storage/manifest.py nothing in the package calls its `loads` or `from_dict`:
+    a second reader would drift from `read`'s checks (the operator's skipped the key check
+    and had its own size limit)."""
+    root = Path(mf.__file__).resolve().parents[1]
+    callers = []
+    for path in sorted(root.rglob("*.py")):
+        if path == Path(mf.__file__).resolve():
+            continue
+        tree = ast.parse(path.read_text())
+        modules, names = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "timesheet_backup.storage":
+                modules |= {a.asname or a.name for a in node.names if a.name == "manifest"}
+            if isinstance(node, ast.ImportFrom) and node.module == mf.__name__:
+                names |= {a.asname or a.name for a in node.names
+                          if a.name in ("loads", "from_dict")}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if (isinstance(func, ast.Attribute) and func.attr in ("loads", "from_dict")
+                    and isinstance(func.value, ast.Name) and func.value.id in modules) or (
+                    isinstance(func, ast.Name) and func.id in names):
+                callers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert callers == []
 
 
 def mutate(path: list[Any], value: Any) -> bytes:

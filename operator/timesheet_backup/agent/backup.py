@@ -209,7 +209,7 @@ def _check_existing(store: S3Store, manifest_key: str, backup_id: str) -> mf.Man
     """An earlier run of the same backup (a retried Job) may already have finished."""
     if not store.exists(manifest_key):
         return None
-    existing = mf.loads(store.read_bytes(manifest_key, mf.MAX_MANIFEST_BYTES))
+    existing = mf.read(store, manifest_key)
     if existing.backup_id != backup_id:
         raise StorageError(
             f"s3://{store.bucket}/{manifest_key} already holds backup {existing.backup_id!r}; "

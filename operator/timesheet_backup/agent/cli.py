@@ -25,6 +25,13 @@ from typing import TYPE_CHECKING, Any, Final
 from timesheet_backup.agent import termination
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.agent.redact import RedactingFilter, Redactor, secrets_from_env
+from timesheet_backup.api.enums import (
+    COMPRESSIONS,
+    DUMP_FORMATS,
+    SSE_TYPES,
+    SSL_MODES,
+    UPLOADS_MODES,
+)
 from timesheet_backup.constants import AGE_IDENTITY_ENV, COMPONENTS
 from timesheet_backup.errors import AgentError, ConfigError, Interrupted
 
@@ -139,7 +146,7 @@ def _add_s3(parser: argparse.ArgumentParser, *, writes: bool) -> None:
     if writes:
         group.add_argument("--storage-class", default=None, help="e.g. STANDARD_IA, GLACIER_IR")
         group.add_argument(
-            "--sse", default=None, choices=("AES256", "aws:kms"), help="server-side encryption"
+            "--sse", default=None, choices=SSE_TYPES, help="server-side encryption"
         )
         group.add_argument("--sse-kms-key-id", default=None, help="KMS key for --sse aws:kms")
     if writes:
@@ -186,7 +193,7 @@ def _add_db(parser: argparse.ArgumentParser, *, name_flag: str) -> None:
     group.add_argument(
         "--db-sslmode",
         default=None,
-        choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+        choices=SSL_MODES,
     )
     group.add_argument("--db-connect-timeout", type=int, default=15, help="seconds")
 
@@ -209,7 +216,7 @@ def add_parsers(commands: Any) -> None:
     _add_component(backup, "repeatable; default: database and uploads")
     _add_db(backup, name_flag="--db-name")
     dump = backup.add_argument_group("dump")
-    dump.add_argument("--db-format", default="custom", choices=("custom", "plain", "directory"))
+    dump.add_argument("--db-format", default="custom", choices=DUMP_FORMATS)
     dump.add_argument("--db-jobs", type=int, default=1, help="parallel dump (directory format)")
     dump.add_argument("--db-table", action="append", default=[], help="pg_dump --table pattern")
     dump.add_argument(
@@ -217,7 +224,7 @@ def add_parsers(commands: Any) -> None:
     )
     dump.add_argument("--db-no-owner", action="store_true")
     packing = backup.add_argument_group("compression and encryption")
-    packing.add_argument("--compression", default="zstd", choices=("zstd", "gzip", "none"))
+    packing.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
     packing.add_argument(
         "--compression-level",
         type=int,
@@ -296,7 +303,7 @@ def add_parsers(commands: Any) -> None:
     )
     files = restore.add_argument_group("uploads target")
     files.add_argument("--uploads-dir", type=Path, default=None)
-    files.add_argument("--uploads-mode", default="replace", choices=("replace", "merge"))
+    files.add_argument("--uploads-mode", default="replace", choices=UPLOADS_MODES)
     files.add_argument("--restore-id", default=None, help="names the staging directory")
     restore.add_argument(
         "--age-identity-file",
@@ -335,11 +342,10 @@ def add_parsers(commands: Any) -> None:
     imports.add_argument("--name", required=True, help="name of the backup to create")
     imports.add_argument("--backup-id", default=None)
     imports.add_argument("--database-file", type=Path, default=None)
+    # `auto`: detected from the file's first bytes (agent/importer.py).
+    imports.add_argument("--database-format", default="auto", choices=("auto", *DUMP_FORMATS))
     imports.add_argument(
-        "--database-format", default="auto", choices=("auto", "custom", "plain", "directory")
-    )
-    imports.add_argument(
-        "--database-compression", default="auto", choices=("auto", "zstd", "gzip", "none")
+        "--database-compression", default="auto", choices=("auto", *COMPRESSIONS)
     )
     imports.add_argument(
         "--database-name",
@@ -348,7 +354,7 @@ def add_parsers(commands: Any) -> None:
     )
     imports.add_argument("--uploads-file", type=Path, default=None)
     imports.add_argument(
-        "--uploads-compression", default="auto", choices=("auto", "zstd", "gzip", "none")
+        "--uploads-compression", default="auto", choices=("auto", *COMPRESSIONS)
     )
     imports.add_argument(
         "--uploads-strip-components",

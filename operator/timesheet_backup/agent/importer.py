@@ -24,6 +24,7 @@ import zstandard
 
 from timesheet_backup import __version__
 from timesheet_backup.agent import streams
+from timesheet_backup.api.enums import DUMP_FORMATS
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS
 from timesheet_backup.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.storage import layout
@@ -145,8 +146,8 @@ def run_import(
             if encrypted:
                 raise ConfigError("the database file is age-encrypted: give --database-format")
             fmt = detect_database_format(_plain_head(request.database_file, compression))
-        if fmt not in mf.DATABASE_FORMATS:
-            raise ConfigError(f"--database-format must be auto or one of {mf.DATABASE_FORMATS}")
+        if fmt not in DUMP_FORMATS:
+            raise ConfigError(f"--database-format must be auto or one of {DUMP_FORMATS}")
         plans.append((COMPONENT_DATABASE, request.database_file, compression, encrypted, fmt))
     if request.uploads_file is not None:
         compression, encrypted = _resolve(request.uploads_file, request.uploads_compression)

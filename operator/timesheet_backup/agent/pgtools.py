@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from timesheet_backup.api.enums import DUMP_FORMATS, SSL_MODES
 from timesheet_backup.errors import ConfigError
 
-DUMP_FORMATS: Final = ("custom", "plain", "directory")
-SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 APPLICATION_NAME: Final = "timesheet-backup"
 
 

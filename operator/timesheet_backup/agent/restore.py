@@ -34,6 +34,7 @@ import zstandard
 
 from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
 from timesheet_backup.agent.pgtools import Connection, RestoreOptions
+from timesheet_backup.api.enums import UPLOADS_MODES
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.errors import (
     AgentError,
@@ -42,13 +43,11 @@ from timesheet_backup.errors import (
     IntegrityError,
     ManifestError,
 )
-from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
-UPLOADS_MODES: Final = ("replace", "merge")
 VERIFY_MODES: Final = ("before", "streaming")
 _DECODE_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError)
 
@@ -471,16 +470,9 @@ def restore_uploads(
 # --- the whole restore ---------------------------------------------------------------
 
 
-def load_manifest(store: S3Store, manifest_key: str) -> mf.Manifest:
-    layout.dir_of_manifest(manifest_key)
-    manifest = mf.loads(store.read_bytes(manifest_key, mf.MAX_MANIFEST_BYTES))
-    manifest.check_keys(manifest_key)
-    return manifest
-
-
 def run_restore(request: RestoreRequest, store: S3Store) -> dict[str, Any]:
     request.validate()
-    manifest = load_manifest(store, request.manifest_key)
+    manifest = mf.read(store, request.manifest_key)
     components = request.components or manifest.components
     artifacts: dict[str, mf.Artifact] = {}
     for component in components:

@@ -21,10 +21,10 @@ from typing import IO, Any, Final, Protocol, cast
 import pyrage
 import zstandard
 
+from timesheet_backup.api.enums import COMPRESSIONS
 from timesheet_backup.errors import ConfigError, IntegrityError
 
 CHUNK: Final = 1024 * 1024
-COMPRESSIONS: Final = ("zstd", "gzip", "none")
 LEVELS: Final = {"zstd": (1, 19, 3), "gzip": (1, 9, 6)}  # (min, max, default)
 
 

@@ -10,16 +10,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from timesheet_backup.api import validation as v
+from timesheet_backup.api.enums import (
+    CompressionAlgorithm,
+    DumpFormat,
+    SseType,
+    SslMode,
+    UploadsMode,
+)
 from timesheet_backup.api.fields import field
 
 Component = Literal["database", "uploads"]
-DumpFormat = Literal["custom", "plain", "directory"]
-CompressionAlgorithm = Literal["zstd", "gzip", "none"]
-SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 DeletionPolicy = Literal["Delete", "Retain"]
 ConcurrencyPolicy = Literal["Forbid", "Allow", "Replace"]
 BackupOwnerReference = Literal["none", "schedule"]
-UploadsMode = Literal["replace", "merge"]
 BackupPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Deleting"]
 RestorePhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Failed"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -68,7 +71,7 @@ class ServerSideEncryption:
         },
     )
 
-    type: Literal["AES256", "aws:kms"] = field("AES256 (store-managed keys) or aws:kms.")
+    type: SseType = field("AES256 (store-managed keys) or aws:kms.")
     kms_key_id: str | None = field(
         "KMS key id or ARN for aws:kms; absent: the bucket's default key.", default=None, **_TEXT
     )

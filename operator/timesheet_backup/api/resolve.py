@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from timesheet_backup.api import models
+from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import dump, parse
-from timesheet_backup.settings import Defaults
 
 MERGED_SECTIONS = ("database", "uploads", "storage", "compression", "encryption", "job")
 

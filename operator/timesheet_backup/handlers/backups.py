@@ -127,7 +127,7 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     try:
         if spec.storage is None:
             raise SpecError("status.resolved.storage is missing")
-        manifest = bucket.read_manifest(bucket.open_store(spec.storage, namespace), key)
+        manifest = manifests.read(bucket.open_store(spec.storage, namespace), key)
     except (LookupError, AgentError, SpecError) as exc:
         finished = parse_time(((job or {}).get("status") or {}).get("completionTime"))
         if finished and (now() - finished).total_seconds() < MANIFEST_GRACE_SECONDS:

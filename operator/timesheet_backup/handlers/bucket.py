@@ -1,4 +1,5 @@
-"""The operator's own access to a bucket: reading manifests, deleting a backup's objects.
+"""The operator's own access to a bucket: opening it, deleting a backup's objects (manifests
+are read with `storage.manifest.read`, as the agent reads them).
 
 Credentials come from the same Secret the Jobs use (read with the operator's RBAC), or from
 the operator pod's cloud identity when the storage names no Secret."""
@@ -9,11 +10,8 @@ from botocore.exceptions import ClientError
 
 from timesheet_backup import kube
 from timesheet_backup.api import models
-from timesheet_backup.storage import manifest as manifests
 from timesheet_backup.storage.layout import dir_of_manifest
 from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store
-
-MANIFEST_LIMIT = 1024 * 1024
 
 
 def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
@@ -37,12 +35,6 @@ def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
         max_attempts=3,
     )
     return S3Store(settings, credentials=creds)
-
-
-def read_manifest(store: S3Store, key: str) -> manifests.Manifest:
-    manifest = manifests.loads(store.read_bytes(key, MANIFEST_LIMIT))
-    manifest.check_keys(key)
-    return manifest
 
 
 def delete_backup_objects(store: S3Store, manifest_key: str) -> int:

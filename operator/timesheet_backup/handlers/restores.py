@@ -39,6 +39,7 @@ from timesheet_backup.handlers.common import (
 from timesheet_backup.jobs import agent_args, manifests
 from timesheet_backup.jobs.pod import child_name, required_secrets
 from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
+from timesheet_backup.storage import manifest as mf
 
 POLL_SECONDS = 3.0
 ANNOTATION_REPLICAS = f"{c.GROUP}/original-replicas"
@@ -73,7 +74,7 @@ def resolve(body: Mapping[str, Any]) -> dict[str, Any]:
         raise RestoreFailed("InvalidSpec", "set exactly one of backupName or source")
     storage_spec = parse(models.StorageSpec, storage, "storage")
     try:
-        manifest = bucket.read_manifest(bucket.open_store(storage_spec, namespace), manifest_key)
+        manifest = mf.read(bucket.open_store(storage_spec, namespace), manifest_key)
     except (LookupError, AgentError) as exc:
         raise RestoreFailed("ManifestUnreadable", f"cannot read {manifest_key}: {exc}") from exc
     # Connection settings come from the backup (or operator defaults for a bucket source).

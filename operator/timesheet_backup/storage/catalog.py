@@ -9,6 +9,7 @@ from typing import Any
 
 from timesheet_backup.constants import MANIFEST_NAME
 from timesheet_backup.errors import AgentError
+from timesheet_backup.status import human_size
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
 from timesheet_backup.storage.s3 import S3Store
@@ -32,8 +33,7 @@ def list_backups(store: S3Store, prefix: str, namespace: str | None = None) -> l
         if not info.key.endswith("/" + MANIFEST_NAME):
             continue
         try:
-            manifest = mf.loads(store.read_bytes(info.key, mf.MAX_MANIFEST_BYTES))
-            manifest.check_keys(info.key)
+            manifest = mf.read(store, info.key)
         except AgentError as exc:
             entries.append(Entry(info.key, None, str(exc)))
             continue
@@ -50,15 +50,6 @@ def sort_entries(entries: Sequence[Entry]) -> list[Entry]:
     return sorted(entries, key=order)
 
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{size}B"
-
-
 def to_rows(entries: Sequence[Entry]) -> list[list[str]]:
     rows = [["NAMESPACE", "NAME", "COMPLETED", "COMPONENTS", "SIZE", "ENCRYPTED", "MANIFEST"]]
     for entry in entries:
@@ -72,7 +63,7 @@ def to_rows(entries: Sequence[Entry]) -> list[list[str]]:
                 m.name,
                 mf.format_time(m.completion_time),
                 ",".join(m.components),
-                human_size(m.size_bytes),
+                human_size(m.size_bytes, sep=""),  # one word per column: awk, cut
                 "yes" if any(a.encrypted for a in m.artifacts) else "no",
                 entry.key,
             ]

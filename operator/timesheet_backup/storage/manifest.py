@@ -15,8 +15,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from timesheet_backup.api.enums import COMPRESSIONS, DUMP_FORMATS
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import layout
@@ -25,9 +26,7 @@ API_VERSION: Final = "backup.northstar.io/manifest/v1"
 KIND: Final = "BackupManifest"
 MAX_MANIFEST_BYTES: Final = 1 << 20
 
-COMPRESSIONS: Final = ("zstd", "gzip", "none")
 ENCRYPTIONS: Final = ("age", "none")
-DATABASE_FORMATS: Final = ("custom", "plain", "directory")
 UPLOADS_FORMAT: Final = "tar"
 SOURCES: Final = ("agent", "import")
 # What was confirmed from the store's side after the upload.
@@ -275,7 +274,7 @@ def _parse_artifact(data: object, index: int) -> Artifact:
     if component == COMPONENT_DATABASE:
         artifact = Artifact(
             **common,
-            format=f.req_str("format", DATABASE_FORMATS),
+            format=f.req_str("format", DUMP_FORMATS),
             database=f.opt_str("database"),
             pg_dump_version=f.opt_str("pgDumpVersion"),
             server_version=f.opt_str("serverVersion"),
@@ -337,6 +336,23 @@ def loads(raw: bytes) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest: not valid JSON ({exc})") from None
     return from_dict(data)
+
+
+class ObjectReader(Protocol):
+    """What `read` needs of a store (S3Store has it): this module stays free of boto3."""
+
+    def read_bytes(self, key: str, limit: int) -> bytes: ...
+
+
+def read(store: ObjectReader, key: str) -> Manifest:
+    """The manifest at `key`, the one way every part reads one from a bucket (the operator,
+    the agent's restore and retried backup, the catalog): a key that is not a manifest's is
+    refused before any read, at most MAX_MANIFEST_BYTES are read, parsing is strict, and a
+    manifest naming objects outside its own directory is refused (ManifestError)."""
+    layout.dir_of_manifest(key)
+    manifest = loads(store.read_bytes(key, MAX_MANIFEST_BYTES))
+    manifest.check_keys(key)
+    return manifest
 
 
 def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from timesheet_backup.api.enums import SSE_TYPES
 from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
 from timesheet_backup.storage import checksums, s3errors
 from timesheet_backup.storage.uploader import MultipartUploader, UploadResult
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SSE_TYPES: Final = ("AES256", "aws:kms")
 RETRY_MODES: Final = ("standard", "adaptive", "legacy")
 DEFAULT_PART_SIZE: Final = 16 * 1024 * 1024
 DEFAULT_CONCURRENCY: Final = 4
