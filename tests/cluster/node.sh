@@ -74,12 +74,13 @@ ref() { # an image name as containerd stores it
 }
 
 node_images() {
-    local d=$NODE_LIB/pause-image
+    local d=$NODE_LIB/pause-image inputs
+    inputs=$(sha256sum <"$NODE_BIN/pause" | cut -c1-16)
     if ! docker image inspect "$PAUSE_IMAGE" >/dev/null 2>&1 ||
-        [ "$(docker image inspect -f '{{index .Config.Labels "tsb.inputs"}}' "$PAUSE_IMAGE")" != "$(sha256sum <"$NODE_BIN/pause" | cut -c1-16)" ]; then
+        [ "$(docker image inspect -f '{{index .Config.Labels "tsb.inputs"}}' "$PAUSE_IMAGE")" != "$inputs" ]; then
         rm -rf "$d" && mkdir -p "$d" && cp "$NODE_BIN/pause" "$d/pause"
         tar -C "$d" -c pause | docker import --change 'ENTRYPOINT ["/pause"]' --change 'USER 65535:65535' \
-            --change "LABEL tsb.inputs=$(sha256sum <"$NODE_BIN/pause" | cut -c1-16)" - "$PAUSE_IMAGE" >/dev/null
+            --change "LABEL tsb.inputs=$inputs" - "$PAUSE_IMAGE" >/dev/null
     fi
     local image id want=()
     for image in "$E2E_IMAGE" "$SHELL_IMAGE" "$PAUSE_IMAGE"; do
