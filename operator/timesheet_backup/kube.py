@@ -276,3 +276,63 @@ def replace_lease(namespace: str, name: str, resource_version: str,
             return False
         raise
     return True
+
+
+# --- the admission webhook's certificate (webhook.py) ---------------------------------------
+
+WEBHOOK_REQUEST_TIMEOUT = 10.0
+
+
+def get_secret_data(namespace: str, name: str) -> tuple[dict[str, str], str] | None:
+    """A Secret's data (base64 values) and resourceVersion, or None when it does not exist."""
+    try:
+        secret = core().read_namespaced_secret(name, namespace,
+                                               _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return dict(secret.data or {}), secret.metadata.resource_version
+
+
+def write_tls_secret(namespace: str, name: str, data: Mapping[str, str],
+                     resource_version: str | None) -> bool:
+    """Create the Secret (resource_version None) or replace the version that was read; False
+    when another replica created or changed it first (the caller reads it again)."""
+    body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY},
+                         **({"resourceVersion": resource_version} if resource_version else {})},
+            "data": dict(data)}
+    try:
+        if resource_version is None:
+            core().create_namespaced_secret(namespace, body,
+                                            _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
+        else:
+            core().replace_namespaced_secret(name, namespace, body,
+                                             _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def set_webhook_ca_bundle(name: str, ca_bundle: str) -> bool:
+    """Put the CA into every webhook of the ValidatingWebhookConfiguration the chart made;
+    True when it changed. Read first: an unchanged bundle costs no write."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(api())
+    current = _plain(admission.read_validating_webhook_configuration(
+        name, _request_timeout=WEBHOOK_REQUEST_TIMEOUT))
+    webhooks = current.get("webhooks") or []
+    if all((w.get("clientConfig") or {}).get("caBundle") == ca_bundle for w in webhooks):
+        return False
+    patch = [{"op": "replace" if "caBundle" in (w.get("clientConfig") or {}) else "add",
+              "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle}
+             for i, w in enumerate(webhooks)]
+    # The test pins the list (no webhook added or removed since the read).
+    patch.insert(0, {"op": "test", "path": "/metadata/resourceVersion",
+                     "value": current["metadata"]["resourceVersion"]})
+    admission.patch_validating_webhook_configuration(
+        name, patch, _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
+    return True

@@ -69,8 +69,18 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"error: invalid leader election settings: {exc}", file=sys.stderr)
         return 2
+    try:
+        webhook_settings = settings.webhook()
+    except SpecError as exc:
+        print(f"error: invalid webhook settings: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.verbose)
     metrics.serve()
+    if webhook_settings is not None:
+        # Every replica, before the Lease: the API server calls whichever the Service picks.
+        from timesheet_backup import webhook
+
+        webhook.serve(webhook_settings, config.defaults)
     namespaces = args.namespace or config.namespaces
     # Our own probe endpoint instead of kopf's: a candidate waiting for the Lease must answer
     # probes before kopf starts (see election.Health for what it reports).

@@ -115,3 +115,39 @@ def leader_election(environ: Mapping[str, str] | None = None,
         renew_deadline=seconds("TSB_RENEW_DEADLINE", 10.0),
         retry_period=seconds("TSB_RETRY_PERIOD", 2.0),
     )
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The validating admission webhook (webhook.py), from the environment the chart sets:
+    `TSB_WEBHOOK_ADDRESS` (host:port to serve HTTPS on; empty or unset: no webhook),
+    `TSB_WEBHOOK_SERVICE` (the Service the API server calls), `TSB_WEBHOOK_CONFIGURATION`
+    (the ValidatingWebhookConfiguration that gets the CA), `TSB_WEBHOOK_SECRET` (where the
+    certificate is kept) and `POD_NAMESPACE` (the Service's and the Secret's namespace)."""
+
+    address: str
+    namespace: str
+    service: str
+    configuration: str
+    secret: str
+
+
+def webhook(environ: Mapping[str, str] | None = None) -> WebhookSettings | None:
+    """None when no webhook is asked for; SpecError when it is, but half-configured."""
+    env = os.environ if environ is None else environ
+    address = env.get("TSB_WEBHOOK_ADDRESS", "").strip()
+    if not address:
+        return None
+    values = {name: env.get(name, "").strip() for name in (
+        "POD_NAMESPACE", "TSB_WEBHOOK_SERVICE", "TSB_WEBHOOK_CONFIGURATION",
+        "TSB_WEBHOOK_SECRET")}
+    unset = [name for name, value in values.items() if not value]
+    if unset:
+        raise SpecError(f"TSB_WEBHOOK_ADDRESS is set, so these must be too: {', '.join(unset)}")
+    _host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SpecError(f"TSB_WEBHOOK_ADDRESS must be host:port, not {address!r}")
+    return WebhookSettings(address=address, namespace=values["POD_NAMESPACE"],
+                           service=values["TSB_WEBHOOK_SERVICE"],
+                           configuration=values["TSB_WEBHOOK_CONFIGURATION"],
+                           secret=values["TSB_WEBHOOK_SECRET"])

@@ -285,25 +285,20 @@ def _warning(cluster: Cluster, namespace: str, name: str, reason: str) -> bool:
 def test_what_only_the_operator_can_know_fails_clearly(
     cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
-    """A time zone of the right shape that does not exist, a Secret without the named key, a
-    Restore of a Backup that does not exist: each ends with a clear condition and a Warning
-    Event, and no Job is created. (A `..` prefix is refused by the schema; the operator's own
-    refusal of it is the unit-tested layout check.)"""
+    """A Secret without the named key, a Restore of a Backup that does not exist: each ends
+    with a clear condition and a Warning Event, and no Job is created. (A `..` prefix is
+    refused by the schema; the operator's own refusal of it is the unit-tested layout check.
+    A time zone that does not exist is refused by the webhook; its status fallback, with the
+    operator stopped, is in test_webhook.py.)"""
     cluster.core.create_namespaced_secret(namespace, {
         "metadata": {"name": "db"}, "data": secret_data({"other-key": "x" * 12})})
     storage = {"bucket": "bkt", "endpoint": "http://s3.invalid:9000",
                "forcePathStyle": True}
-    _operator_case(cluster, namespace, "backupschedules", "on-mars", {
-        "schedule": "0 2 * * *", "timeZone": "Mars/Olympus_Mons",
-        "template": {"spec": {"components": ["database"], "database": GOOD_DB,
-                              "storage": storage}}})
     _operator_case(cluster, namespace, "backups", "no-key", {
         "components": ["database"], "database": GOOD_DB, "storage": storage})
     _operator_case(cluster, namespace, "restores", "of-nothing", {"backupName": "never-was"})
 
     expected = [
-        ("backupschedules", "on-mars", "Ready", "False", "InvalidSchedule",
-         "unknown time zone 'Mars/Olympus_Mons'"),
         ("backups", "no-key", "Failed", "True", "SecretMissing", "password"),
         ("restores", "of-nothing", "Failed", "True", "BackupNotFound", "never-was"),
     ]

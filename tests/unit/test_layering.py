@@ -32,7 +32,8 @@ LAYERS: dict[str, frozenset[str]] = {
                        "schedule", "settings", "status"}),
     "storage": frozenset({"storage"}),  # S3 (boto3), manifests, key layout
     "agent": frozenset({"agent"}),  # inside Job pods: pg_dump, tar, streams, restore
-    "cluster": frozenset({"handlers", "kube", "election", "operator_cli", "crds_cli"}),
+    "cluster": frozenset({"handlers", "kube", "election", "operator_cli", "crds_cli",
+                          "webhook"}),
     "entry": frozenset({"__init__", "__main__", "cli"}),  # dispatches to the others
 }
 

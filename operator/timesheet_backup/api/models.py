@@ -30,6 +30,10 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 _NAME: dict[str, Any] = {"pattern": v.DNS_SUBDOMAIN_PATTERN, "maxLength": 253}
 _KEY: dict[str, Any] = {"pattern": v.SECRET_KEY_PATTERN, "maxLength": 253}
 _TEXT: dict[str, Any] = {"pattern": v.PRINTABLE_PATTERN}
+_NOT_SYSTEM_DATABASE: dict[str, Any] = {"x-kubernetes-validations": [
+    {"rule": v.NOT_SYSTEM_DATABASE_RULE,
+     "message": "template0 and template1 are PostgreSQL's template databases, never a "
+                "restore target"}]}
 _TIME: dict[str, Any] = {"format": "date-time", "maxLength": 64}
 
 
@@ -358,7 +362,7 @@ class VerificationSpec:
     )
     database: str | None = field(
         "Name of the scratch database. Default <database>_verify.", default=None,
-        maxLength=63, **_TEXT
+        maxLength=63, **_TEXT, **_NOT_SYSTEM_DATABASE
     )
     decryption: DecryptionSpec | None = field(
         "Key for encrypted backups, given to each restore test's Restore (its "
@@ -441,8 +445,9 @@ class RestoreDatabaseTarget:
     host: str | None = field("Server host.", default=None, pattern=v.HOST_PATTERN,
                              maxLength=253)
     port: int | None = field("Server port.", default=None, minimum=1, maximum=65535)
-    name: str | None = field("Database to restore into; may be a new one.", default=None,
-                             maxLength=63, **_TEXT)
+    name: str | None = field("Database to restore into; may be a new one (not template0 or "
+                             "template1).", default=None, maxLength=63, **_TEXT,
+                             **_NOT_SYSTEM_DATABASE)
     user: str | None = field("Role to connect as.", default=None, maxLength=63, **_TEXT)
     password_secret_ref: SecretKeyRef | None = field("Secret key holding the password.",
                                                      default=None)

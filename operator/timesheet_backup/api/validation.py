@@ -66,6 +66,11 @@ MANIFEST_KEY_PATTERN: Final = r"^([^\x00-\x1f]+/)?manifest\.json$"
 # No `..` path component anywhere.
 NO_DOTDOT_RULE: Final = "!self.matches('(^|/)[.][.](/|$)')"
 
+# PostgreSQL's template databases: template0 accepts no connections, and objects restored into
+# template1 would be copied into every database created afterwards. Never a restore target.
+SYSTEM_DATABASES: Final = ("template0", "template1")
+NOT_SYSTEM_DATABASE_RULE: Final = "!(self in " + str(list(SYSTEM_DATABASES)) + ")"
+
 DURATION_UNITS_SECONDS: Final = {"h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -53,7 +53,10 @@ def validate(expr: str, time_zone: str | None = None) -> None:
     try:
         CronSim(normalize(expr), datetime(2000, 1, 1))
     except CronSimError as exc:
-        raise CronError(f"invalid cron schedule {expr!r}: {exc}") from exc
+        # cronsim's word for a day no month in the expression has (`0 2 30 2 *`).
+        why = ("no month it names has that day, so it would never fire"
+               if "day-of-month" in str(exc) else str(exc))
+        raise CronError(f"invalid cron schedule {expr!r}: {why}") from exc
 
 
 # How far past (backwards) or before (forwards) a time's own wall-clock time a search
