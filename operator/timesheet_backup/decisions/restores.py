@@ -1,6 +1,7 @@
 """What a Restore does next (pure): handlers/restores.py gathers what it sees (the Restore,
-the Backup and manifest, its Jobs and their pods, the Deployments) and carries out what these
-functions return. No kopf, no kubernetes, no clock reads: `now` is an argument.
+the Backup and manifest, the Secrets, its Jobs and their pods, the Deployments; through
+handlers/restore_actions.py) and carries out what these functions return. No kopf, no
+kubernetes, no clock reads: `now` is an argument.
 
 The steps, in order (status.currentStep):
 
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from timesheet_backup import constants as c
 from timesheet_backup.api import models
-from timesheet_backup.api.fields import dump
+from timesheet_backup.api.defaults import Defaults
+from timesheet_backup.api.fields import dump, parse
 from timesheet_backup.api.resolve import deep_merge
 from timesheet_backup.jobs.outcome import job_outcome
+from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 
 STEPS = ("resolve", "wait", "quiesce", "restore", "hooks", "unquiesce", "verify")
 # Steps that fail before any Deployment was scaled down: nothing to give back.
@@ -29,6 +33,9 @@ JOB_FAILURE = {"restore": "RestoreJobFailed", "hooks": "HookFailed", "verify": "
 CONNECTION_FIELDS = ("host", "port", "name", "user", "passwordSecretRef", "sslMode")
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 FINISHED_JOB_CONDITIONS = frozenset({"Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"})
+# On a quiesced Deployment: its replicas before the restore, and the Restore that holds it.
+ANNOTATION_REPLICAS = f"{c.GROUP}/original-replicas"
+ANNOTATION_QUIESCED_BY = f"{c.GROUP}/quiesced-by"
 
 
 class RestoreFailed(Exception):
@@ -41,6 +48,10 @@ class RestoreFailed(Exception):
 
 class BackupNotReady(Exception):
     """The Backup to restore has not finished yet: wait for it."""
+
+
+class QuiesceBusy(Exception):
+    """Another Restore still holds a Deployment scaled down: wait for it."""
 
 
 # --- resolve ----------------------------------------------------------------------------
@@ -56,6 +67,53 @@ def check_backup(name: str, backup: Mapping[str, Any] | None) -> None:
     if phase != "Succeeded":
         raise RestoreFailed("BackupNotSucceeded",
                             f"Backup {name} is {phase}, only a Succeeded backup can be restored")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the backup to restore is (before its manifest was read), and the settings it was
+    taken with (empty for a bucket source)."""
+
+    storage: Mapping[str, Any]
+    manifest_key: str
+    database: Mapping[str, Any]
+    uploads: Mapping[str, Any]
+
+
+def locate(spec: models.RestoreSpec, backup: Mapping[str, Any] | None,
+           defaults: Defaults) -> Location:
+    """`backup`: the Backup named by spec.backupName as read (None: not found, or no
+    backupName). A bucket source's storage is merged over the operator's default storage."""
+    if spec.backup_name:
+        check_backup(spec.backup_name, backup)
+        bst = (backup or {}).get("status") or {}
+        resolved_backup = bst.get("resolved") or {}
+        return Location(storage=resolved_backup.get("storage") or {},
+                        manifest_key=bst["manifestKey"],
+                        database=resolved_backup.get("database") or {},
+                        uploads=resolved_backup.get("uploads") or {})
+    if spec.source is not None:
+        return Location(storage=deep_merge(dump(defaults.storage) if defaults.storage else {},
+                                           dump(spec.source.storage)),
+                        manifest_key=spec.source.manifest_key, database={}, uploads={})
+    raise RestoreFailed("InvalidSpec", "set exactly one of backupName or source")
+
+
+def manifest_unreadable(location: Location, error: Exception) -> RestoreFailed:
+    """The failure of a manifest that cannot be read (or a bucket that cannot be opened)."""
+    return RestoreFailed("ManifestUnreadable", f"cannot read {location.manifest_key}: {error}")
+
+
+def source(location: Location, backup_id: str, components: Sequence[str],
+           encrypted: Sequence[str], defaults: Defaults) -> Source:
+    """The Source once the manifest was read (`backup_id`, `components` and the `encrypted`
+    components are the manifest's)."""
+    # Connection settings come from the backup (or operator defaults for a bucket source).
+    return Source(
+        storage=location.storage, manifest_key=location.manifest_key, backup_id=backup_id,
+        components=list(components), encrypted=list(encrypted),
+        database=location.database or (dump(defaults.database) if defaults.database else {}),
+        uploads=location.uploads or (dump(defaults.uploads) if defaults.uploads else {}))
 
 
 @dataclass(frozen=True)
@@ -108,7 +166,104 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
     }
 
 
+def check_secrets(problems: Sequence[str]) -> None:
+    """`problems`: what is wrong with each Secret key the restore Job needs (missing Secret or
+    key), as observed."""
+    if problems:
+        raise RestoreFailed("SecretMissing", "; ".join(problems))
+
+
+def restored_from(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> models.RestoredFrom:
+    return models.RestoredFrom(backup_name=spec.backup_name,
+                               manifest_key=resolved["manifestKey"],
+                               backup_id=resolved.get("backupId"))
+
+
 # --- steps ------------------------------------------------------------------------------
+
+
+def deployments_of(spec: models.RestoreSpec) -> list[str]:
+    """The Deployments to quiesce."""
+    return list(spec.quiesce.deployments) if spec.quiesce else []
+
+
+def following(step: str, spec: models.RestoreSpec, failed: bool = False
+              ) -> tuple[str, str] | None:
+    """The step after `step` (which succeeded) and the message it starts with; None: the
+    Restore ends. `failed`: an earlier step failed (its `unquiesce` ends the Restore)."""
+    deployments = deployments_of(spec)
+    hooks = spec.hooks.post_restore if spec.hooks else None
+    check = spec.verify.http_get if spec.verify else None
+    if step == "resolve":
+        return "wait", "checking that no backup of the target is running"
+    if step == "wait" and deployments:
+        return "quiesce", f"scaling {', '.join(deployments)} to 0"
+    if step in ("wait", "quiesce"):
+        return "restore", "restoring"
+    if step == "restore" and hooks:
+        return "hooks", f"running hook {hooks[0].name}"
+    if step in ("restore", "hooks") and deployments:
+        return "unquiesce", "scaling Deployments back up"
+    if step in ("restore", "hooks", "unquiesce") and check and not failed:
+        return "verify", f"checking {check.url}"
+    return None
+
+
+def waiting_for(blocker: str) -> tuple[str, str]:
+    """The reason and message of the `wait` step while `blocker` ("Backup x", "Restore y")
+    works on the same database."""
+    reason = "WaitingForBackup" if blocker.startswith(c.KIND_BACKUP) else "WaitingForRestore"
+    return reason, f"waiting for {blocker} of the same database to finish"
+
+
+def record_step(steps: Sequence[Mapping[str, Any]] | None, name: str, phase: str,
+                now: datetime, message: str | None = None) -> list[models.RestoreStep]:
+    """status.steps with step `name` now at `phase` (added when it is not there yet); a step
+    that is no longer Running gets its completion time."""
+    records = typed_steps(steps) or []
+    stamp = timestamp(now)
+    for s in records:
+        if s.name == name:
+            s.phase = phase  # type: ignore[assignment]  # a phase of models.RestoreStep
+            if phase != "Running":
+                s.completion_time = stamp
+            if message:
+                s.message = message
+            return records
+    entry = models.RestoreStep(name=name, phase=phase,  # type: ignore[arg-type]
+                               start_time=stamp)
+    if phase != "Running":
+        entry.completion_time = stamp
+    if message:
+        entry.message = message
+    records.append(entry)
+    return records
+
+
+def typed_steps(steps: Sequence[Mapping[str, Any]] | None) -> list[models.RestoreStep] | None:
+    """status.steps as read, typed for the status writer."""
+    if steps is None:
+        return None
+    return [parse(models.RestoreStep, s, f"status.steps[{i}]") for i, s in enumerate(steps)]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a Restore ends: its phase, the condition reason, message and Event type."""
+
+    phase: Literal["Succeeded", "Failed"]
+    reason: str
+    message: str
+    event: Literal["Normal", "Warning"]
+
+
+def ending(status: Mapping[str, Any]) -> Ending:
+    """A Restore with a failed step ends Failed (failure_message), any other Succeeded."""
+    if status.get("failedStep"):
+        return Ending("Failed", str(status.get("failureReason")), failure_message(status),
+                      "Warning")
+    source_key = (status.get("resolved") or {}).get("manifestKey")
+    return Ending("Succeeded", "Completed", f"restored from {source_key}", "Normal")
 
 
 def unknown_step(step: str) -> RestoreFailed | None:
@@ -119,6 +274,14 @@ def unknown_step(step: str) -> RestoreFailed | None:
     return RestoreFailed("UnknownStep",
                          f"status.currentStep {step!r} is not a step of this operator "
                          f"({', '.join(STEPS)}): the Restore cannot resume; create a new one")
+
+
+def step_started(steps: Sequence[Mapping[str, Any]] | None, name: str) -> datetime | None:
+    """When step `name` started (status.steps), if it did."""
+    for s in steps or []:
+        if s["name"] == name:
+            return parse_time(s.get("startTime"))
+    return None
 
 
 def unquiesce_after_failure(failed_step: str, deployments: Sequence[str]) -> bool:
@@ -178,6 +341,78 @@ def quiesce_progress(started: datetime, now: datetime, timeout: int, busy: str |
                             f"pods still running after {timeout}s: {', '.join(pods_left)}")
         return Progress("wait", message=f"waiting for pods to stop: {', '.join(pods_left)}")
     return Progress("done")
+
+
+def holder(restore: str, deployment: Mapping[str, Any] | None) -> str | None:
+    """Another Restore that scaled the Deployment down (its annotation says so): whether it is
+    still at work must be observed before the Deployment is taken (quiesce_deployment)."""
+    owner = _annotations(deployment).get(ANNOTATION_QUIESCED_BY)
+    return owner if owner and owner != restore else None
+
+
+def at_work(restore: Mapping[str, Any] | None) -> bool:
+    """Whether a Restore (as read; None: gone) may still hold Deployments scaled down."""
+    if restore is None or restore.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return (restore.get("status") or {}).get("phase") not in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class Quiesce:
+    """One Deployment to quiesce: the replicas it gets back, and the patch that scales it
+    down (None: this Restore holds it already)."""
+
+    replicas: int
+    patch: dict[str, Any] | None
+
+
+def quiesce_deployment(restore: str, name: str, deployment: Mapping[str, Any] | None,
+                       holder_at_work: bool) -> Quiesce:
+    """Scale Deployment `name` to 0, recording its replicas in the same patch (so the count
+    survives an operator crash at any point). `holder_at_work`: the Restore named by holder()
+    is still at work (QuiesceBusy: wait for it to give the Deployment back)."""
+    if deployment is None:
+        raise RestoreFailed("DeploymentNotFound", f"Deployment {name} to quiesce not found")
+    annotations = _annotations(deployment)
+    owner = annotations.get(ANNOTATION_QUIESCED_BY)
+    if owner and owner != restore and holder_at_work:
+        raise QuiesceBusy(f"waiting for Restore {owner}, which scaled Deployment {name} "
+                          "down, to give it back")
+    if owner == restore:
+        return Quiesce(int(annotations.get(ANNOTATION_REPLICAS, "1")), None)
+    if owner:
+        # Left by a Restore that is gone: its record of the replicas is the true one
+        # (the Deployment is at 0 because of it), so keep the count and take it over.
+        return Quiesce(int(annotations.get(ANNOTATION_REPLICAS, "1")), {
+            "metadata": {"annotations": {ANNOTATION_QUIESCED_BY: restore}},
+            "spec": {"replicas": 0},
+        })
+    replicas = int(deployment["spec"].get("replicas", 1))
+    return Quiesce(replicas, {
+        "metadata": {"annotations": {ANNOTATION_REPLICAS: str(replicas),
+                                     ANNOTATION_QUIESCED_BY: restore}},
+        "spec": {"replicas": 0},
+    })
+
+
+def unquiesce_patch(restore: str, deployment: Mapping[str, Any] | None
+                    ) -> dict[str, Any] | None:
+    """The patch that gives a Deployment this Restore scaled down its replicas back (and
+    removes the annotations); None for one that is gone or not held by this Restore."""
+    if deployment is None:
+        return None
+    annotations = _annotations(deployment)
+    if annotations.get(ANNOTATION_QUIESCED_BY) != restore:
+        return None
+    return {
+        "metadata": {"annotations": {ANNOTATION_REPLICAS: None,
+                                     ANNOTATION_QUIESCED_BY: None}},
+        "spec": {"replicas": int(annotations.get(ANNOTATION_REPLICAS, "1"))},
+    }
+
+
+def _annotations(deployment: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return ((deployment or {}).get("metadata") or {}).get("annotations") or {}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from timesheet_backup.storage import manifest as manifests
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
+Status = models.BackupStatus
 # After the Job completed, how long a manifest that cannot be read is retried before the
 # backup is declared Failed (covers a store that is briefly unreachable from the operator).
 MANIFEST_GRACE_SECONDS = 120
@@ -61,18 +62,19 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         # `..` segment) must fail the Backup, not crash this handler after the Job started.
         manifest_key = manifest_key_of(body, spec)
     except (ResolveError, SpecError, ConfigError) as exc:
-        enter(body, patch, "Failed", "InvalidSpec", str(exc), event="Warning")
+        enter(body, patch, "Failed", "InvalidSpec", str(exc), Status(), event="Warning")
         return
     problems = missing_secrets(namespace, required_secrets(agent_args.backup_env(spec)))
     if problems:
-        enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), event="Warning")
+        enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), Status(),
+              event="Warning")
         return
     target = database_target(dump(spec.database)) if "database" in spec.components else None
     blocker = lock_database(namespace, target, c.PLURAL_BACKUP, meta["name"],
                             (c.PLURAL_RESTORE,))
     if blocker:
         enter(body, patch, "Pending", "WaitingForRestore",
-              f"waiting for {blocker} of the same database to finish")
+              f"waiting for {blocker} of the same database to finish", Status())
         return
     claim = uploads_claim(spec)
     users = claim_users(namespace, claim)
@@ -81,12 +83,12 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     manifest = backup_job(body, spec, config(), users.node, chosen.security_context)
     kube.create_job(manifest)
     job_name = manifest["metadata"]["name"]
-    enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started",
-          event="Normal", jobName=job_name, startTime=timestamp(now()), backupId=meta["uid"],
-          jobIdentity=chosen.description,
-          manifestKey=manifest_key, components=",".join(spec.components),
-          databaseTarget=target, resolved=dump(spec),
-          schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE))
+    enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started", Status(
+        job_name=job_name, start_time=timestamp(now()), backup_id=meta["uid"],
+        job_identity=chosen.description,
+        manifest_key=manifest_key, components=",".join(spec.components),
+        database_target=target, resolved=dump(spec),
+        schedule=(meta.get("labels") or {}).get(c.LABEL_SCHEDULE)), event="Normal")
 
 
 def discard_incomplete_uploads(body: Mapping[str, Any]) -> None:
@@ -120,7 +122,7 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         return
     discard_incomplete_uploads(body)
     if outcome.state == "failed":
-        enter(body, patch, "Failed", outcome.reason, outcome.message, event="Warning")
+        enter(body, patch, "Failed", outcome.reason, outcome.message, Status(), event="Warning")
         return
     spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
     key = st["manifestKey"]
@@ -131,17 +133,19 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     except (LookupError, AgentError, SpecError) as exc:
         finished = parse_time(((job or {}).get("status") or {}).get("completionTime"))
         if finished and (now() - finished).total_seconds() < MANIFEST_GRACE_SECONDS:
-            write(patch, {"message": f"the Job finished; reading the manifest: {exc}"})
+            write(patch, Status(message=f"the Job finished; reading the manifest: {exc}"))
             return
         enter(body, patch, "Failed", "ManifestUnreadable",
-              f"the agent finished but its manifest cannot be read: {exc}", event="Warning")
+              f"the agent finished but its manifest cannot be read: {exc}", Status(),
+              event="Warning")
         return
     summary = manifests.summary(manifest, key)
     size = human_size(summary["sizeBytes"])
     where = f"s3://{spec.storage.bucket}/{layout.dir_of_manifest(key)}"
     enter(body, patch, "Succeeded", "Completed",
-          f"backed up {', '.join(manifest.components)} ({size}) to {where}", event="Normal",
-          size=size, components=",".join(manifest.components), **summary)
+          f"backed up {', '.join(manifest.components)} ({size}) to {where}",
+          parse(Status, {"size": size, "components": ",".join(manifest.components), **summary},
+                "status"), event="Normal")
 
 
 @kopf.timer(c.GROUP, c.VERSION, c.PLURAL_BACKUP, interval=POLL_SECONDS, when=not_terminal)
@@ -169,7 +173,7 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     if spec.deletion_policy == "Retain" or spec.storage is None:
         post_event(body, "Normal", reason="Retained", message="deletionPolicy Retain: objects kept")
         return
-    write(patch, {"phase": "Deleting", "message": "deleting the backup's objects"})
+    write(patch, Status(phase="Deleting", message="deleting the backup's objects"))
     try:
         count = bucket.delete_backup_objects(bucket.open_store(spec.storage, namespace),
                                              st["manifestKey"])
@@ -185,11 +189,11 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
             return
         message = f"cannot delete the backup's objects, will retry: {exc}"
         post_event(body, "Warning", "DeleteFailed", message)
-        write(patch, {"message": message})
+        write(patch, Status(message=message))
         raise kopf.TemporaryError(message, delay=30) from exc
     except AgentError as exc:
         message = f"cannot delete the backup's objects, will retry: {exc}"
         post_event(body, "Warning", reason="DeleteFailed", message=message)
-        write(patch, {"message": message})
+        write(patch, Status(message=message))
         raise kopf.TemporaryError(message, delay=30) from exc
     post_event(body, "Normal", "Deleted", f"deleted {count} object(s) from the bucket")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -13,6 +14,8 @@ import kopf
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube, status
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import dump, json_name, parse
 from timesheet_backup.jobs import identity
 from timesheet_backup.settings import OperatorConfig
 from timesheet_backup.status import TERMINAL_PHASES
@@ -37,9 +40,21 @@ def config() -> OperatorConfig:
     return _config
 
 
-def write(patch: kopf.Patch, fields: Mapping[str, Any]) -> None:
-    """Stage status fields into kopf's patch (applied to the status subresource)."""
-    patch.setdefault("status", {}).update(fields)
+def write(patch: kopf.Patch, fields: models.ObservedStatus, *,
+          clear: Sequence[str] = ()) -> None:
+    """The one status writer: stage `fields`, a typed status (models.BackupStatus,
+    RestoreStatus, BackupScheduleStatus) of which only the fields set are written, into
+    kopf's patch (applied to the status subresource as a merge patch when the handler
+    returns; a field a strict schema does not know would be pruned silently, so nothing
+    untyped goes in). `clear` names fields (Python names) that are removed when None (a null
+    in the merge patch) instead of left as they are."""
+    unknown = set(clear) - {f.name for f in dataclasses.fields(fields)}
+    if unknown:
+        raise ValueError(f"{type(fields).__name__} has no field {', '.join(sorted(unknown))}")
+    staged = patch.setdefault("status", {})
+    staged.update(dump(fields))
+    staged.update({json_name(f): None for f in dataclasses.fields(fields)
+                   if f.name in clear and getattr(fields, f.name) is None})
 
 
 def enter(
@@ -48,16 +63,26 @@ def enter(
     phase: str,
     reason: str,
     message: str,
+    fields: models.RunStatus,
     *,
     event: str | None = None,
-    **fields: Any,
+    clear: Sequence[str] = (),
 ) -> None:
-    """Move to `phase` with conditions; post an Event of type `event` (Normal/Warning) when
-    the phase changes, so `kubectl describe` tells the story once per transition."""
+    """Move to `phase` with conditions (status.transition), writing `fields` (a Backup's or
+    Restore's typed status: what else changes with the phase) in the same patch; post an
+    Event of type `event` (Normal/Warning) when the phase changes, so `kubectl describe`
+    tells the story once per transition."""
     old_phase = (body.get("status") or {}).get("phase")
-    write(patch, status.transition(body, phase, reason, message, now(), **fields))
+    write(patch, parse(type(fields), status.transition(body, phase, reason, message, now()),
+                       "status"))
+    write(patch, fields, clear=clear)
     if event and old_phase != phase:
         post_event(body, event, reason, message)
+
+
+def conditions(items: Sequence[Mapping[str, Any]]) -> list[models.Condition]:
+    """Conditions as status.condition()/merge_conditions() shape them, typed for write()."""
+    return [parse(models.Condition, item, "status.conditions") for item in items]
 
 
 def post_event(body: Mapping[str, Any], type_: Literal["Normal", "Warning"] | str, reason: str,

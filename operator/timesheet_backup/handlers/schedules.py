@@ -15,6 +15,7 @@ from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.decisions.schedules import backup_body, verification_body
 from timesheet_backup.handlers.common import (
+    conditions,
     config,
     database_target,
     now,
@@ -34,6 +35,7 @@ from timesheet_backup.status import (
 TICK_SECONDS = 10.0
 KEEP_VERIFICATIONS = 3
 CANNOT_CREATE = "cannot create a Backup"
+Status = models.BackupScheduleStatus
 
 
 def _time_of(backup: Mapping[str, Any]) -> Any:
@@ -48,7 +50,7 @@ def _active(backups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
-                 backups: list[dict[str, Any]], fields: dict[str, Any]) -> str | None:
+                 backups: list[dict[str, Any]], fields: Status) -> str | None:
     """Create the due Backup, if any; returns a message when a due run was skipped."""
     meta = body["metadata"]
     st = body.get("status") or {}
@@ -57,9 +59,9 @@ def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
                         parse_time(meta.get("creationTimestamp")) or clock,
                         parse_time(st.get("lastScheduleTime")), spec.starting_deadline_seconds,
                         spec.run_on_create, spec.suspend)
-    fields["nextScheduleTime"] = timestamp(plan.next_time) if plan.next_time else None
+    fields.next_schedule_time = timestamp(plan.next_time) if plan.next_time else None
     if plan.record_time is not None:
-        fields["lastScheduleTime"] = timestamp(plan.record_time)
+        fields.last_schedule_time = timestamp(plan.record_time)
     if plan.skipped:
         return plan.skipped
     if plan.run_at is None:
@@ -84,7 +86,7 @@ def run_schedule(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
     name = planner.backup_name(meta["name"], plan.run_at)
     if kube.create_custom(meta["namespace"], c.PLURAL_BACKUP, backup_body(body, spec, name)):
         post_event(body, "Normal", reason="BackupCreated", message=f"created Backup {name}")
-    fields["lastBackup"] = name
+    fields.last_backup = name
     return None
 
 
@@ -133,7 +135,7 @@ def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
 
 
 def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
-           backups: list[dict[str, Any]], fields: dict[str, Any]) -> None:
+           backups: list[dict[str, Any]], fields: Status) -> None:
     """Start a restore test when due; record the outcome of the last one."""
     verification = spec.verification
     if verification is None:
@@ -151,13 +153,16 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         last = st.get("lastVerification") or {}
         if rst.get("phase") in TERMINAL_PHASES and \
                 last.get("time") != rst.get("completionTime"):
-            result = {"time": rst.get("completionTime"), "result": rst["phase"],
-                      "message": rst.get("message") or "",
-                      "backupName": (newest.get("spec") or {}).get("backupName")}
-            fields["lastVerification"] = result
+            result = models.VerificationResult(
+                # completionTime is written with a terminal phase (status.transition)
+                time=rst.get("completionTime"),  # type: ignore[arg-type]
+                result=rst["phase"],
+                message=rst.get("message") or "",
+                backup_name=(newest.get("spec") or {}).get("backupName"))
+            fields.last_verification = result
             post_event(body, "Normal" if rst["phase"] == "Succeeded" else "Warning",
                        f"Verification{rst['phase']}",
-                       f"restore test of {result['backupName']}: {result['message']}")
+                       f"restore test of {result.backup_name}: {result.message}")
         for old in runs[:-KEEP_VERIFICATIONS]:
             kube.delete_custom(namespace, c.PLURAL_RESTORE, old["metadata"]["name"])
     clock = now()
@@ -165,7 +170,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
                         parse_time(meta.get("creationTimestamp")) or clock,
                         parse_time(st.get("lastVerificationScheduleTime")))
     if plan.record_time is not None:
-        fields["lastVerificationScheduleTime"] = timestamp(plan.record_time)
+        fields.last_verification_schedule_time = timestamp(plan.record_time)
     if plan.run_at is None:
         return
     if any((r.get("status") or {}).get("phase") not in TERMINAL_PHASES for r in runs):
@@ -173,8 +178,9 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
     good = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
             and "database" in ((b.get("status") or {}).get("components") or "").split(",")]
     if not good:
-        fields["lastVerification"] = {"time": timestamp(clock), "result": "Failed",
-                                      "message": "no successful database backup to verify"}
+        fields.last_verification = models.VerificationResult(
+            time=timestamp(clock), result="Failed",
+            message="no successful database backup to verify")
         return
     newest_good = max(good, key=_time_of)
     name = planner.backup_name(f"{meta['name']}-verify", plan.run_at)
@@ -189,7 +195,7 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         return
     generation = meta.get("generation")
     st = body.get("status") or {}
-    fields: dict[str, Any] = {"observedGeneration": generation}
+    fields = Status(observed_generation=generation)
     try:
         spec = parse(models.BackupScheduleSpec, body.get("spec"))
         cron.validate(spec.schedule, spec.time_zone)
@@ -199,8 +205,9 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         ready = condition("Ready", "False", "InvalidSchedule", str(exc), now(), generation)
         if (st.get("message") != str(exc)):
             post_event(body, "Warning", reason="InvalidSchedule", message=str(exc))
-        write(patch, {**fields, "message": str(exc),
-                      "conditions": merge_conditions(st.get("conditions"), [ready])})
+        fields.message = str(exc)
+        fields.conditions = conditions(merge_conditions(st.get("conditions"), [ready]))
+        write(patch, fields)
         return
     backups = kube.list_custom(meta["namespace"], c.PLURAL_BACKUP,
                                f"{c.LABEL_SCHEDULE}={meta['name']}")
@@ -212,16 +219,18 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
     succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
     if succeeded:
-        fields["lastSuccessfulTime"] = timestamp(max(_time_of(b) for b in succeeded))
-    fields["active"] = [{"name": b["metadata"]["name"]} for b in _active(backups)] or None
+        fields.last_successful_time = timestamp(max(_time_of(b) for b in succeeded))
+    fields.active = [models.ActiveRef(name=b["metadata"]["name"]) for b in _active(backups)] \
+        or None
     if spec.suspend:
         ready = condition("Ready", "True", "Suspended", "suspended: no new Backups", now(),
                           generation)
     else:
         ready = condition("Ready", "True", "Scheduled",
-                          f"next run {fields.get('nextScheduleTime')}", now(), generation)
+                          f"next run {fields.next_schedule_time}", now(), generation)
     create_error = skipped if skipped and skipped.startswith(CANNOT_CREATE) else None
     failed = last_run_condition(backups, st.get("conditions"), create_error, now(), generation)
-    fields["conditions"] = merge_conditions(st.get("conditions"), [ready, failed])
-    fields["message"] = skipped
-    write(patch, fields)
+    fields.conditions = conditions(merge_conditions(st.get("conditions"), [ready, failed]))
+    fields.message = skipped
+    # None removes these (the schedule has no next run, none active, nothing skipped).
+    write(patch, fields, clear=("next_schedule_time", "active", "message"))
