@@ -37,7 +37,7 @@ from timesheet_backup.handlers.common import (
     write,
 )
 from timesheet_backup.jobs import agent_args, manifests
-from timesheet_backup.jobs.pod import child_name, required_secrets
+from timesheet_backup.jobs.pod import child_name, job_settings, required_secrets
 from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 from timesheet_backup.storage import manifest as mf
 
@@ -342,7 +342,7 @@ class Machine:
             # Decided once, when the Job is created: the restored files must belong to the
             # app (whose pods are gone by now: its Deployment's template tells who it is).
             claim = (resolved.get("uploads") or {}).get("claimName")
-            explicit = self.spec.job.pod_security_context if self.spec.job else None
+            explicit = job_settings(self.spec.job, config()).pod_security_context
             chosen = job_identity(self.body, explicit, claim,
                                   claim_users(self.namespace, claim))
             write(self.patch, {"jobIdentity": chosen.description})
