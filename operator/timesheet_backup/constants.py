@@ -29,3 +29,20 @@ MANIFEST_NAME: Final = "manifest.json"
 # The age identity (private key) reaches a restore Job only through this variable: the Job
 # builder sets it from the decryption Secret, the agent reads it and masks it in its output.
 AGE_IDENTITY_ENV: Final = "TSB_AGE_IDENTITY"
+
+# Environment of the agent container that `job.env` may not set: what the Job builder sets
+# itself (jobs/pod.py, jobs/agent_args.py) and what the agent reads (agent/cli.py, the libpq
+# fallbacks). A user's PGPASSWORD or TMPDIR would silently replace the operator's (the last
+# duplicate in a container's env wins); the TSB_ prefix is the agent's own namespace
+# (TSB_AGE_IDENTITY, TSB_PG_CLIENTS_ROOT, and whatever comes next).
+AGENT_ENV_NAMES: Final = (
+    "TMPDIR",
+    "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+)
+RESERVED_ENV_PREFIX: Final = "TSB_"
+
+# Pod labels that `job.podLabels` may not set: the operator's own (it finds its Jobs and their
+# pods by them) and those the Job controller puts on every pod it creates.
+RESERVED_LABEL_KEYS: Final = (LABEL_MANAGED_BY, "job-name", "controller-uid")
+RESERVED_LABEL_PREFIXES: Final = (f"{GROUP}/", "batch.kubernetes.io/")

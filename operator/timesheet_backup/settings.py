@@ -22,6 +22,13 @@ import yaml
 
 from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import SpecError, field, parse
+from timesheet_backup.api.models import JobSpec
+from timesheet_backup.api.validation import (
+    RESERVED_ENV_MESSAGE,
+    RESERVED_LABEL_MESSAGE,
+    reserved_env,
+    reserved_label,
+)
 
 DEFAULT_IMAGE = "timesheet-backup-operator:dev"
 
@@ -64,7 +71,22 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
             data[key] = env[variable]
     if env.get("TSB_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["TSB_NAMESPACES"].split(",") if n.strip()]
-    return parse(OperatorConfig, data, path="config")
+    config = parse(OperatorConfig, data, path="config")
+    check_job_defaults(config.defaults.job)
+    return config
+
+
+def check_job_defaults(job: JobSpec | None) -> None:
+    """What the CRDs' CEL rules refuse in an object's `job`, refused in the defaults too:
+    they reach every Job without passing the API server's validation."""
+    if job is None:
+        return
+    for entry in job.env or []:
+        if reserved_env(entry.name):
+            raise SpecError(f"config.defaults.job.env: {entry.name}: {RESERVED_ENV_MESSAGE}")
+    for key in job.pod_labels or {}:
+        if reserved_label(key):
+            raise SpecError(f"config.defaults.job.podLabels: {key}: {RESERVED_LABEL_MESSAGE}")
 
 
 @dataclass(frozen=True)

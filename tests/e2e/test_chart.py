@@ -21,7 +21,9 @@ from kubernetes import client as k8s
 
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
 from tests.support.operator import OPERATOR_NAMESPACE, RELEASE, install_operator, run_tool
-from timesheet_backup.api import crds
+from timesheet_backup.api import crds, models
+from timesheet_backup.api.fields import dump, parse
+from timesheet_backup.settings import OperatorConfig, check_job_defaults
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +109,34 @@ def test_default_render_is_locked_down(helm: str) -> None:
     assert test_pod["containers"][0]["args"][:2] == ["agent", "http-check"]
     assert ("http://tsb-timesheet-backup-operator.tsb-system.svc:8081/healthz"
             in test_pod["containers"][0]["args"])
+
+
+def test_job_defaults_reach_the_operators_configuration(helm: str) -> None:
+    """defaults.job (pull secrets, priority, proxies, labels, workload identity) is rendered
+    into the operator's config and read by it as the Jobs' defaults (merge rules:
+    tests/unit/test_job_settings.py)."""
+    job = {"imagePullSecrets": ["registry-credentials"], "priorityClassName": "backup-critical",
+           "serviceAccountName": "timesheet-backup",
+           "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                   {"name": "NO_PROXY", "value": ".svc"}],
+           "podLabels": {"team": "timesheet"}, "podAnnotations": {"a": "b"}}
+    docs = render(helm, "--set-json", f"defaults.job={json.dumps(job)}")
+    config_yaml = by_kind(docs, "ConfigMap")["tsb-timesheet-backup-operator"]["data"][
+        "config.yaml"]
+    config = parse(OperatorConfig, yaml.safe_load(config_yaml), "config")
+    check_job_defaults(config.defaults.job)
+    # Helm merges the values into the chart's: the measured resources stay.
+    assert config.defaults.job == parse(models.JobSpec, {**job, "resources": {
+        "requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}}, "job")
+    # The default values: only the measured resources, none of the new settings.
+    default = parse(OperatorConfig, yaml.safe_load(by_kind(render(helm), "ConfigMap")[
+        "tsb-timesheet-backup-operator"]["data"]["config.yaml"]), "config")
+    assert default.defaults.job is not None
+    assert set(dump(default.defaults.job)) == {"resources"}
+    # The operator's own pull secrets stay the operator's.
+    pod = by_kind(render(helm, "--set-json", 'imagePullSecrets=[{"name":"op-registry"}]'),
+                  "Deployment")["tsb-timesheet-backup-operator"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "op-registry"}]
 
 
 def test_crd_hook_is_limited_to_our_crds(helm: str) -> None:

@@ -48,6 +48,8 @@ def _rules(f: dataclasses.Field[Any]) -> str:
         parts.append(f"pattern `{openapi['pattern']}`")
     if "items_pattern" in openapi:
         parts.append(f"items match `{openapi['items_pattern']}`")
+    if "values_pattern" in openapi:
+        parts.append(f"values match `{openapi['values_pattern']}`")
     for rule in openapi.get("x-kubernetes-validations", []):
         parts.append(rule["message"])
     return "; ".join(parts)

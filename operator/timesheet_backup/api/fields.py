@@ -43,7 +43,8 @@ def field(
     **openapi: Any,
 ) -> Any:
     """A dataclass field with its description and extra OpenAPI keywords
-    (minimum, maximum, pattern, maxLength, maxItems, x-kubernetes-validations, ...)."""
+    (minimum, maximum, pattern, maxLength, maxItems, x-kubernetes-validations, ...);
+    `items_<keyword>` applies to a list's items, `values_<keyword>` to a map's values."""
     metadata = {"description": description, "json": json, "openapi": openapi}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -111,10 +112,14 @@ def schema_for(cls: type[Any]) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         schema = _schema_for_type(hints[f.name])
         openapi = dict(f.metadata.get("openapi", {}))
-        # Item-level keywords belong to the array's items, not the array.
+        # Item-level keywords belong to the array's items, not the array; value-level ones
+        # to a map's values.
         item_keys = {k: openapi.pop(k) for k in list(openapi) if k.startswith("items_")}
         for key, value in item_keys.items():
             schema["items"][key.removeprefix("items_")] = value
+        value_keys = {k: openapi.pop(k) for k in list(openapi) if k.startswith("values_")}
+        for key, value in value_keys.items():
+            schema["additionalProperties"][key.removeprefix("values_")] = value
         schema.update(openapi)
         schema["description"] = f.metadata.get("description", "")
         name = json_name(f)

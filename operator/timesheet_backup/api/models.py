@@ -111,9 +111,9 @@ class StorageSpec:
         default=None,
     )
     credentials_secret_ref: CredentialsSecretRef | None = field(
-        "Secret with S3 credentials. The agent Jobs need it: they carry no cloud identity "
-        "(no ServiceAccount token), so without it only the operator's own S3 calls can "
-        "work, through its pod's identity (e.g. IRSA).", default=None
+        "Secret with S3 credentials. Absent: the pods' cloud identity -- for the Jobs, that "
+        "of job.serviceAccountName (workload identity; without one they have none), for the "
+        "operator's own S3 calls its own ServiceAccount's (e.g. IRSA).", default=None
     )
     storage_class: str | None = field(
         "S3 storage class of the artifacts, e.g. STANDARD_IA.",
@@ -166,8 +166,25 @@ class EncryptionSpec:
 
 
 @dataclass(kw_only=True)
+class EnvVar:
+    """An extra environment variable of the Job's container, e.g. HTTPS_PROXY or NO_PROXY.
+    Plain values only: Secrets reach the agent through the fields that name them."""
+
+    name: str = field(
+        "Variable name.", pattern=v.ENV_NAME_PATTERN, maxLength=128,
+        **{"x-kubernetes-validations": [
+            {"rule": v.RESERVED_ENV_RULE, "message": v.RESERVED_ENV_MESSAGE}
+        ]},
+    )
+    value: str | None = field("Value; absent: empty.", default=None, maxLength=4096)
+
+
+@dataclass(kw_only=True)
 class JobSpec:
-    """How the backup or restore Job runs."""
+    """How the operator's Jobs of this object run (for a Restore: its restore, hook and
+    verify Jobs). Unset fields come from the operator's defaults (Helm values
+    `defaults.job`); maps and named lists merge with them (docs/security.md, "Jobs in
+    locked-down namespaces")."""
 
     active_deadline_seconds: int | None = field(
         "Time limit of the Job; past it the run fails. Default 3600.",
@@ -192,6 +209,33 @@ class JobSpec:
         "agent's non-root user 65532.",
         default=None,
     )
+    service_account_name: str | None = field(
+        "ServiceAccount the pods run as, for a cloud workload identity (IRSA, EKS Pod "
+        "Identity, GKE Workload Identity). With it the pod gets its ServiceAccount token "
+        "(automountServiceAccountToken: true); without it, the namespace's default account "
+        "and no token. Give that ServiceAccount no Kubernetes RBAC (docs/security.md).",
+        default=None, **_NAME)
+    image_pull_secrets: list[str] | None = field(
+        "Names of docker-registry Secrets in the namespace to pull the Job's image with.",
+        default=None, maxItems=16, items_pattern=v.DNS_SUBDOMAIN_PATTERN,
+        items_maxLength=253, **{"x-kubernetes-list-type": "set"})
+    priority_class_name: str | None = field(
+        "PriorityClass of the pods, e.g. to keep a nightly backup from being the first pod "
+        "evicted.", default=None, **_NAME)
+    env: list[EnvVar] | None = field(
+        "Extra environment variables of the container, e.g. HTTPS_PROXY and NO_PROXY. Names "
+        "the agent uses itself are refused.", default=None, maxItems=32,
+        **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    pod_labels: dict[str, str] | None = field(
+        "Extra labels of the pods (not of the Job); the operator's and the Job controller's "
+        "own keys are refused.", default=None, maxProperties=32,
+        values_pattern=v.LABEL_VALUE_PATTERN, values_maxLength=63,
+        **{"x-kubernetes-validations": [
+            {"rule": v.RESERVED_LABEL_RULE, "message": v.RESERVED_LABEL_MESSAGE}
+        ]})
+    pod_annotations: dict[str, str] | None = field(
+        "Extra annotations of the pods, e.g. for a service mesh or a log shipper.",
+        default=None, maxProperties=32, values_maxLength=4096)
 
 
 # --- Backup ---------------------------------------------------------------------------------
@@ -369,6 +413,10 @@ class VerificationSpec:
         "spec.decryption); without it the test of an encrypted backup fails with "
         "DecryptionKeyMissing.", default=None
     )
+    job: JobSpec | None = field(
+        "Job settings of each restore test's Restore (its spec.job). Default: the template's "
+        "spec.job, so the tests run with the backups' pull secrets, proxies and identity.",
+        default=None)
 
 
 @dataclass(kw_only=True)

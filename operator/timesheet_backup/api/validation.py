@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from timesheet_backup import constants as c
+
 _MONTHS = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
 _DAYS = "SUN|MON|TUE|WED|THU|FRI|SAT"
 
@@ -70,6 +72,47 @@ NO_DOTDOT_RULE: Final = "!self.matches('(^|/)[.][.](/|$)')"
 # template1 would be copied into every database created afterwards. Never a restore target.
 SYSTEM_DATABASES: Final = ("template0", "template1")
 NOT_SYSTEM_DATABASE_RULE: Final = "!(self in " + str(list(SYSTEM_DATABASES)) + ")"
+
+# A container environment variable's name, as the API server has long required it.
+ENV_NAME_PATTERN: Final = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# A label value (empty, or up to 63 alphanumerics, '-', '_', '.' between alphanumerics).
+LABEL_VALUE_PATTERN: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def _cel_strings(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+# The CEL rules below are built from the same constants as `reserved_env`/`reserved_label`,
+# which the operator applies to what never went through a CRD (its Helm defaults).
+RESERVED_ENV_RULE: Final = (
+    f"!(self in {_cel_strings(c.AGENT_ENV_NAMES)})"
+    f" && !self.startsWith('{c.RESERVED_ENV_PREFIX}')"
+)
+RESERVED_ENV_MESSAGE: Final = (
+    f"the agent sets or reads {', '.join(c.AGENT_ENV_NAMES)} itself, and "
+    f"{c.RESERVED_ENV_PREFIX}* names are its own: choose another name"
+)
+RESERVED_LABEL_RULE: Final = (
+    f"self.all(k, !(k in {_cel_strings(c.RESERVED_LABEL_KEYS)})"
+    + "".join(f" && !k.startsWith('{p}')" for p in c.RESERVED_LABEL_PREFIXES)
+    + ")"
+)
+RESERVED_LABEL_MESSAGE: Final = (
+    f"the operator and the Job controller set {', '.join(c.RESERVED_LABEL_KEYS)} and "
+    f"{', '.join(p + '*' for p in c.RESERVED_LABEL_PREFIXES)} labels themselves"
+)
+
+
+def reserved_env(name: str) -> bool:
+    """What RESERVED_ENV_RULE refuses."""
+    return name in c.AGENT_ENV_NAMES or name.startswith(c.RESERVED_ENV_PREFIX)
+
+
+def reserved_label(key: str) -> bool:
+    """What RESERVED_LABEL_RULE refuses."""
+    return key in c.RESERVED_LABEL_KEYS or key.startswith(c.RESERVED_LABEL_PREFIXES)
+
 
 DURATION_UNITS_SECONDS: Final = {"h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -74,6 +74,13 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
     }
     if verification.decryption:
         spec["decryption"] = dump(verification.decryption)
+    # The restore test's Jobs run where the backups' do: the same pull secrets, proxies and
+    # identity, unless the verification names its own.
+    template_job = (((schedule.get("spec") or {}).get("template") or {}).get("spec")
+                    or {}).get("job")
+    job = dump(verification.job) if verification.job else template_job
+    if job:
+        spec["job"] = copy.deepcopy(job)
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.KIND_RESTORE,

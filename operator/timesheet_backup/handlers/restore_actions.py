@@ -31,7 +31,7 @@ from timesheet_backup.handlers.common import (
     write,
 )
 from timesheet_backup.jobs import agent_args, identity
-from timesheet_backup.jobs.pod import required_secrets
+from timesheet_backup.jobs.pod import job_settings, required_secrets
 from timesheet_backup.storage import manifest as mf
 
 Status = models.RestoreStatus
@@ -119,7 +119,7 @@ def restore_identity(body: Mapping[str, Any], spec: models.RestoreSpec,
     """Decided once, when the restore Job is created: the restored files must belong to the
     app (whose pods are gone by now: its Deployment's template tells who it is)."""
     claim = (resolved.get("uploads") or {}).get("claimName")
-    explicit = spec.job.pod_security_context if spec.job else None
+    explicit = job_settings(spec.job, config()).pod_security_context
     return job_identity(body, explicit, claim, claim_users(body["metadata"]["namespace"], claim))
 
 

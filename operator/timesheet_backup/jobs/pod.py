@@ -1,11 +1,15 @@
 """Job manifests for the agent (pure): restricted pod security, Secrets only as env refs.
 
-Every Job the operator creates goes through `agent_job`, so the security defaults live in
-one place: non-root, read-only root filesystem, all capabilities dropped, RuntimeDefault
-seccomp, no service account token, no service links, an emptyDir for scratch space."""
+Every Job the operator creates (backup, restore, hook, verify) goes through `agent_job`, so
+the security defaults live in one place: non-root, read-only root filesystem, all
+capabilities dropped, RuntimeDefault seccomp, no service account token, no service links, an
+emptyDir for scratch space. The same function applies the object's `job` settings merged over
+the operator's `defaults.job` (`job_settings`): pull secrets, priority class, extra env, pod
+labels and annotations, and a ServiceAccount -- whose token, and only then, is mounted."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +17,7 @@ from typing import Any
 
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
+from timesheet_backup.api.resolve import merge_job
 from timesheet_backup.jobs import identity
 from timesheet_backup.settings import OperatorConfig
 
@@ -130,9 +135,33 @@ def node_affinity(node: str) -> dict[str, Any]:
     }
 
 
+def job_settings(own: models.JobSpec | None, config: OperatorConfig,
+                 agent_image: bool = True) -> models.JobSpec:
+    """An object's `job` over the operator's `defaults.job` (api.resolve.merge_job). A hook
+    runs another image, whose needs only its author knows: the defaults' resources, sized
+    for the agent, are not given to it."""
+    defaults = config.defaults.job
+    if defaults is not None and not agent_image:
+        defaults = dataclasses.replace(defaults, resources=None)
+    return merge_job(defaults, own)
+
+
+def merge_env(*lists: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Env lists, a later entry replacing an earlier one of the same name in its place (a
+    container's duplicate names would leave the choice to the kubelet)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entries in lists:
+        for entry in entries:
+            merged[entry["name"]] = dict(entry)
+    return list(merged.values())
+
+
 def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
-    tuning = spec.job
+    tuning = job_settings(spec.job, config, agent_image=spec.image is None)
     labels = {c.LABEL_MANAGED_BY: c.MANAGED_BY, **spec.labels}
+    # The schema refuses the operator's own keys in podLabels; its labels still go last.
+    pod_labels = {**(tuning.pod_labels or {}), **labels}
+    extra_env = [{"name": e.name, "value": e.value or ""} for e in tuning.env or []]
     pod_security = dict(spec.security_context or identity.choose(
         tuning.pod_security_context, None, ()).security_context)
     mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
@@ -151,7 +180,9 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         "image": spec.image or config.image,
         "imagePullPolicy": config.image_pull_policy,
         "args": list(spec.args),
-        "env": [{"name": "TMPDIR", "value": SCRATCH_MOUNT}, *(dict(e) for e in spec.env)],
+        # The extra env cannot name what the agent sets (schema); a hook's own env does win
+        # over the extra env of its Restore.
+        "env": merge_env([{"name": "TMPDIR", "value": SCRATCH_MOUNT}], extra_env, spec.env),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
@@ -165,21 +196,27 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
     if spec.command is not None:
         container["command"] = list(spec.command)
     # Requests and limits: the resource's own, else the operator's defaults (chart values
-    # `defaults.job.resources`, sized from measurements) for the agent; a hook runs another
-    # image, whose needs only its author knows.
-    default_job = config.defaults.job
-    resources = tuning.resources or (
-        default_job.resources if default_job and spec.image is None else None)
-    if resources:
-        container["resources"] = resources
+    # `defaults.job.resources`, sized from measurements) for the agent (job_settings).
+    if tuning.resources:
+        container["resources"] = tuning.resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
+        # No token unless a ServiceAccount is named: the agent never talks to the API server,
+        # and a token in every pod would let a compromised one act as the namespace's default
+        # account. A named one is asked for to carry a cloud workload identity, and some of
+        # those (and tools such as Vault's Kubernetes auth) read its token (docs/security.md).
+        "automountServiceAccountToken": tuning.service_account_name is not None,
         "enableServiceLinks": False,
         "securityContext": pod_security,
         "containers": [container],
         "volumes": volumes,
     }
+    if tuning.service_account_name:
+        pod_spec["serviceAccountName"] = tuning.service_account_name
+    if tuning.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in tuning.image_pull_secrets]
+    if tuning.priority_class_name:
+        pod_spec["priorityClassName"] = tuning.priority_class_name
     if tuning.node_selector:
         pod_spec["nodeSelector"] = dict(tuning.node_selector)
     if tuning.tolerations:
@@ -189,6 +226,9 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         affinity.update(node_affinity(spec.run_on_node))
     if affinity:
         pod_spec["affinity"] = affinity
+    template_meta: dict[str, Any] = {"labels": pod_labels}
+    if tuning.pod_annotations:
+        template_meta["annotations"] = dict(tuning.pod_annotations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -203,6 +243,6 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
                              else tuning.backoff_limit),
             "activeDeadlineSeconds": tuning.active_deadline_seconds or DEFAULT_DEADLINE_SECONDS,
             "ttlSecondsAfterFinished": config.job_ttl_seconds_after_finished,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
