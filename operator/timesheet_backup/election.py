@@ -16,10 +16,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from timesheet_backup import kube, leader
@@ -27,14 +27,27 @@ from timesheet_backup import kube, leader
 log = logging.getLogger(__name__)
 
 
+class LeaseClient(Protocol):
+    """The Lease calls the election makes (kube.py's; a fake in unit tests)."""
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> bool: ...
+
+    def replace_lease(self, namespace: str, name: str, resource_version: str,
+                      spec: Mapping[str, Any]) -> bool: ...
+
+
 class Elector:
     """One replica's view of the Lease `namespace/name`."""
 
     def __init__(self, namespace: str, name: str, identity: str, timing: leader.Timing,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 leases: LeaseClient = kube) -> None:
         timing.check()
         self.namespace, self.name, self.identity, self.timing = namespace, name, identity, timing
         self.clock = clock
+        self.leases = leases
         self.observation: leader.Observation | None = None
         self.holder: str | None = None
         self.last_renewal: float | None = None
@@ -43,11 +56,11 @@ class Elector:
 
     def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True when this replica holds it now."""
-        lease = kube.get_lease(self.namespace, self.name)
+        lease = self.leases.get_lease(self.namespace, self.name)
         wall = datetime.now(UTC)
         if lease is None:
             spec = leader.claimed_spec(None, self.identity, wall, self.timing)
-            won = kube.create_lease(self.namespace, self.name, spec)
+            won = self.leases.create_lease(self.namespace, self.name, spec)
             self.holder = self.identity if won else None
             return won
         record = leader.Record.of(lease)
@@ -59,7 +72,7 @@ class Elector:
         if not leader.may_take(self.observation, self.identity, now, self.timing.lease_duration):
             return False
         spec = leader.claimed_spec(record, self.identity, wall, self.timing)
-        won = kube.replace_lease(self.namespace, self.name,
+        won = self.leases.replace_lease(self.namespace, self.name,
                                  str(lease["metadata"]["resourceVersion"]), spec)
         if won:
             if record.holder != self.identity:
@@ -113,10 +126,10 @@ class Elector:
         if self._thread is not None:
             self._thread.join(timeout=self.timing.retry_period + kube.LEASE_REQUEST_TIMEOUT)
         try:
-            lease = kube.get_lease(self.namespace, self.name)
+            lease = self.leases.get_lease(self.namespace, self.name)
             record = leader.Record.of(lease)
             if lease is not None and record is not None and record.holder == self.identity:
-                kube.replace_lease(self.namespace, self.name,
+                self.leases.replace_lease(self.namespace, self.name,
                                    str(lease["metadata"]["resourceVersion"]),
                                    leader.released_spec(record))
                 log.info("released the Lease %s/%s", self.namespace, self.name)

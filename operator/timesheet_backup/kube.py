@@ -164,6 +164,20 @@ def create_custom(namespace: str, plural: str, body: Mapping[str, Any]) -> bool:
     return True
 
 
+def patch_custom_status(namespace: str, plural: str, name: str,
+                        status: Mapping[str, Any]) -> bool:
+    """Merge `status` into the object's status subresource; False when the object is gone."""
+    try:
+        custom().patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, plural, name, {"status": dict(status)},
+            _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if not_found(exc):
+            return False
+        raise
+    return True
+
+
 def delete_custom(namespace: str, plural: str, name: str) -> None:
     try:
         custom().delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural, name)

@@ -260,6 +260,71 @@ def test_failed_verification_is_recorded(app: App) -> None:
     assert not app.database_exists(f"{app.database}_scratch")
 
 
+def test_keep_verified_keeps_the_proof_over_keep_last(app: App) -> None:
+    """keepLast 1 + keepVerified 1: the older Backup that passed a restore test survives
+    while a newer, unverified one is pruned, and the pass says why (issue 14, item 4)."""
+    label = {"backup.northstar.io/schedule": "proof"}
+    selector = "backup.northstar.io/schedule=proof"
+    database_only = backup_spec(app, components=["database"])
+    app.create("backups", "seed", database_only, labels=label)
+    assert app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]["phase"] == \
+        "Succeeded"
+    app.create("backupschedules", "proof", {
+        "schedule": "0 0 1 1 *",
+        "template": {"spec": database_only},
+        "retention": {"keepLast": 1, "keepVerified": 1},
+        "verification": {"schedule": "* * * * *",
+                         "checks": ["SELECT count(*) > 0 FROM timesheets"]},
+    })
+
+    def seed_verified() -> dict[str, Any] | None:
+        proof = (app.get("backups", "seed").get("status") or {}).get("verification") or {}
+        return proof if proof.get("verifiedTime") else None
+
+    proof = wait_for(seed_verified, 200, interval=2, message=lambda: "seed never verified: "
+                     f"{app.get('backupschedules', 'proof').get('status')}")
+    assert proof["result"] == "Succeeded" and proof["restore"].startswith("proof-verify-")
+    # No more restore tests: the newer Backups below must stay unverified.
+    app.patch("backupschedules", "proof", {"spec": {"verification": None}})
+    wait_for(lambda: all((r.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                         for r in app.list("restores", "backup.northstar.io/verification=true")),
+             200, interval=2, message="a restore test never finished")
+
+    for name in ("middle", "fresh"):
+        app.create("backups", name, database_only, labels=label)
+        assert app.wait_phase("backups", name, ("Succeeded", "Failed"))["status"]["phase"] \
+            == "Succeeded"
+
+    def pruned_to_proof_and_newest() -> set[str] | None:
+        names = {b["metadata"]["name"] for b in app.list("backups", selector)}
+        return names if names == {"seed", "fresh"} else None
+
+    wait_for(pruned_to_proof_and_newest, 120, interval=2, message=lambda: "Backups now: "
+             f"{[b['metadata']['name'] for b in app.list('backups', selector)]}")
+    seed = app.get("backups", "seed")
+    assert seed["status"]["phase"] == "Succeeded"
+    assert seed["status"]["verification"]["verifiedTime"] == proof["verifiedTime"]
+
+    # Pruning explains itself: in the schedule's status ...
+    status = app.get("backupschedules", "proof")["status"]["retention"]
+    kept = {e["name"]: e["reason"] for e in status["kept"]}
+    assert set(kept) == {"seed", "fresh"}, status
+    assert "keepVerified 1" in kept["seed"] and "newest verified" in kept["seed"], kept
+    assert "keepLast 1" in kept["fresh"], kept
+    pruned = {e["name"]: e["reason"] for e in status["pruned"]}
+    assert pruned == {"middle": "not among the 1 newest (keepLast), "
+                                "not verified (keepVerified)"}, status
+    assert status["lastPruneTime"]
+    # ... and in the pruning pass's Event.
+    wait_for(lambda: any(e.reason == "Pruned" and "middle (" in (e.message or "")
+                         and "not verified" in (e.message or "")
+                         for e in app.events("proof")), 30, message="no Pruned Event")
+    # The pruned Backup's objects left the bucket (deletionPolicy Delete); the proof's stay.
+    wait_for(lambda: {k.split("/")[2] for k in app.object_keys(f"e2e/{app.namespace}/")}
+             == {"seed", "fresh"}, 60, interval=2,
+             message=lambda: f"objects: {app.object_keys(f'e2e/{app.namespace}/')}")
+
+
 def test_post_restore_hook_runs_after_the_data_is_back(app: App) -> None:
     """A hook stands in for `flask db upgrade`: it changes the schema after the restore, and
     runs while the app is still scaled down."""

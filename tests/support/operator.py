@@ -179,6 +179,12 @@ class App:
         return list(self.cluster.custom.list_namespaced_custom_object(
             GROUP, VERSION, self.namespace, plural, label_selector=selector)["items"])
 
+    def patch(self, plural: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (`None` deletes a field), as `kubectl patch --type merge`."""
+        return dict(self.cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, name, body,
+            _content_type="application/merge-patch+json"))
+
     def delete(self, plural: str, name: str) -> None:
         self.cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace,
                                                             plural, name)

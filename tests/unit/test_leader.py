@@ -1,12 +1,22 @@
-"""Leader election decisions (timesheet_backup.leader) and their settings."""
+"""Leader election: its decisions (timesheet_backup.leader), its settings, and the renewal
+loop (timesheet_backup.election) losing leadership, with a fake Lease API and clock."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from timesheet_backup import leader, settings
+from timesheet_backup import election, leader, settings
 from timesheet_backup.api.fields import SpecError
 from timesheet_backup.operator_cli import DEFAULT_PROBE_URL
 
@@ -123,3 +133,169 @@ def test_bad_settings_are_refused(env: dict[str, str]) -> None:
 
 def test_probe_listens_on_every_address_of_the_pod() -> None:
     assert DEFAULT_PROBE_URL == "http://0.0.0.0:8081/healthz"
+
+
+# --- renew-loss: the leader exits (election.Elector with a fake Lease API and clock) -------
+
+
+class FakeLeases:
+    """An in-memory Lease API: `down` makes every call fail like an unreachable API server."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+        self.down = False
+        self.calls = 0
+        self.changed = threading.Condition()
+
+    def _call(self) -> None:
+        with self.changed:
+            self.calls += 1
+            self.changed.notify_all()
+        if self.down:
+            raise ConnectionError("API server unreachable")
+
+    def wait_calls(self, more: int) -> None:
+        """Block until the renewal loop made `more` further calls."""
+        with self.changed:
+            target = self.calls + more
+            if not self.changed.wait_for(lambda: self.calls >= target, timeout=10):
+                raise AssertionError("the renewal loop stopped calling the API")
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call()
+        return copy.deepcopy(self.lease)
+
+    def _write(self, spec: Mapping[str, Any]) -> None:
+        self.version += 1
+        self.lease = {"metadata": {"resourceVersion": str(self.version)}, "spec": dict(spec)}
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> bool:
+        self._call()
+        if self.lease is not None:
+            return False
+        self._write(spec)
+        return True
+
+    def replace_lease(self, namespace: str, name: str, resource_version: str,
+                      spec: Mapping[str, Any]) -> bool:
+        self._call()
+        if self.lease is None or self.lease["metadata"]["resourceVersion"] != resource_version:
+            return False
+        self._write(spec)
+        return True
+
+    def steal(self, holder: str) -> None:
+        assert self.lease is not None
+        self._write({**self.lease["spec"], "holderIdentity": holder})
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Real seconds only pace the loop (10 ms); every deadline is judged on the fake clock.
+FAST = leader.Timing(lease_duration=15, renew_deadline=10, retry_period=0.01)
+
+
+def leading(leases: FakeLeases, clock: FakeClock) -> tuple[election.Elector, list[str],
+                                                            threading.Event]:
+    elector = election.Elector("tsb-system", "tsb", "me", FAST, clock=clock, leases=leases)
+    elector.acquire()
+    assert leases.lease is not None and leases.lease["spec"]["holderIdentity"] == "me"
+    lost: list[str] = []
+    fired = threading.Event()
+
+    def on_lost(reason: str) -> None:
+        lost.append(reason)
+        fired.set()
+
+    elector.keep_renewing(on_lost=on_lost)
+    return elector, lost, fired
+
+
+def test_renewals_past_the_renew_deadline_lose_leadership() -> None:
+    leases, clock = FakeLeases(), FakeClock()
+    elector, lost, fired = leading(leases, clock)
+    try:
+        leases.wait_calls(6)  # healthy renewals
+        leases.down = True
+        leases.wait_calls(2)  # any renewal in flight has finished
+        clock.now += 9.9  # failing, but still within renewDeadline (10 s)
+        leases.wait_calls(5)
+        assert not fired.is_set()
+        clock.now += 0.2  # 10.1 s since the last renewal
+        assert fired.wait(10), "on_lost never fired"
+        assert lost == ["could not renew the Lease for 10s"]
+    finally:
+        elector.release()
+
+
+def test_a_failure_shorter_than_the_deadline_is_survived() -> None:
+    leases, clock = FakeLeases(), FakeClock()
+    elector, lost, fired = leading(leases, clock)
+    try:
+        leases.down = True
+        clock.now += 8
+        leases.wait_calls(5)
+        leases.down = False  # back before the deadline: the next renewal resets it
+        leases.wait_calls(6)
+        clock.now += 8  # 16 s after the first renewal, 8 s after the last one
+        leases.wait_calls(6)
+        assert not fired.is_set() and lost == []
+    finally:
+        elector.release()
+
+
+def test_another_holder_in_the_lease_loses_leadership_at_once() -> None:
+    leases, clock = FakeLeases(), FakeClock()
+    elector, lost, fired = leading(leases, clock)
+    try:
+        leases.steal("other")  # no time passes on the fake clock
+        assert fired.wait(10), "on_lost never fired"
+        assert lost == ["the Lease is now held by other"]
+    finally:
+        elector.release()
+
+
+def test_exit_on_lost_ends_the_process_with_status_1(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)  # pytest's handlers stay
+    with caplog.at_level(logging.ERROR, logger="timesheet_backup.election"):
+        election.exit_on_lost("could not renew the Lease for 11s")
+    assert exits == [1]
+    assert "lost leadership: could not renew the Lease for 11s; exiting" in caplog.text
+
+
+# The whole chain in a real process: the renewal thread's exit_on_lost ends the process
+# with status 1 while the main thread is busy (kopf would be running there).
+RENEW_LOSS_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from timesheet_backup import election
+from tests.unit.test_leader import FAST, FakeClock, FakeLeases
+
+leases, clock = FakeLeases(), FakeClock()
+elector = election.Elector("ns", "tsb", "me", FAST, clock=clock, leases=leases)
+elector.acquire()
+elector.keep_renewing(on_lost=election.exit_on_lost)
+leases.down = True
+clock.now += 11
+time.sleep(30)
+print("still leading")
+"""
+
+
+def test_renew_loss_exits_the_leader_process() -> None:
+    script = RENEW_LOSS_SCRIPT.format(tests=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1, done
+    assert "still leading" not in done.stdout
+    assert "lost leadership: could not renew the Lease for 11s; exiting" in done.stderr

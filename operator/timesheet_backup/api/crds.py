@@ -65,6 +65,7 @@ DEFINITIONS = (
             _column("Size", ".status.size"),
             _column("Schedule", ".status.schedule", priority=1),
             _column("Completed", ".status.completionTime", "date", priority=1),
+            _column("Verified", ".status.verification.verifiedTime", "date", priority=1),
             AGE,
             _column("Message", ".status.message", priority=1),
         ),

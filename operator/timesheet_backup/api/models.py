@@ -35,6 +35,8 @@ _NOT_SYSTEM_DATABASE: dict[str, Any] = {"x-kubernetes-validations": [
      "message": "template0 and template1 are PostgreSQL's template databases, never a "
                 "restore target"}]}
 _TIME: dict[str, Any] = {"format": "date-time", "maxLength": 64}
+# Lists in a schedule's retention status are cut to this length (newest first).
+RETENTION_STATUS_ITEMS = 100
 
 
 # --- references and shared pieces ----------------------------------------------------------
@@ -369,8 +371,9 @@ class BackupTemplate:
 @dataclass(kw_only=True)
 class RetentionSpec:
     """Which Backups to keep. A Backup is kept when any rule keeps it; the newest successful
-    Backup is always kept. Pruned Backups are deleted, and their deletion policy decides
-    what happens to the bucket."""
+    Backup and the newest verified Backup (one that passed a restore test) are always kept.
+    Pruned Backups are deleted, and their deletion policy decides what happens to the
+    bucket."""
 
     max_age: str | None = field(
         "Prune successful Backups older than this, e.g. 30d, 12h, 4w.",
@@ -386,6 +389,10 @@ class RetentionSpec:
                                     default=None, minimum=1, maximum=520)
     keep_monthly: int | None = field("Keep the newest successful Backup of this many months.",
                                      default=None, minimum=1, maximum=1200)
+    keep_verified: int | None = field(
+        "Keep this many newest successful Backups that passed a restore test "
+        "(status.verification.verifiedTime; see verification).",
+        default=None, minimum=1, maximum=1000)
     keep_failed: int = field("Keep this many newest failed Backups for inspection.",
                              default=3, minimum=0, maximum=100)
 
@@ -695,6 +702,21 @@ class RunStatus(ObservedStatus):
 
 
 @dataclass(kw_only=True)
+class BackupVerification:
+    """The restore tests of this Backup, as its schedule's verification ran them."""
+
+    restore: str = field("The Restore of the latest restore test.")
+    time: str = field("When the latest restore test ended.", **_TIME)
+    result: Literal["Succeeded", "Failed"] = field("Outcome of the latest restore test.")
+    message: str | None = field("Detail of the latest restore test.", default=None,
+                                maxLength=1024)
+    verified_time: str | None = field(
+        "When it last passed a restore test. Set means verified (retention's keepVerified); "
+        "a later failed test is recorded above but does not take the proof away.",
+        default=None, **_TIME)
+
+
+@dataclass(kw_only=True)
 class BackupStatus(RunStatus):
     """Observed state of a Backup."""
 
@@ -709,6 +731,8 @@ class BackupStatus(RunStatus):
     size: str | None = field("Total size, human-readable.", default=None)
     artifacts: list[Artifact] | None = field("Objects in the bucket.", default=None, maxItems=4)
     resolved: Any = field("The settings used, after operator defaults.", default=None)
+    verification: BackupVerification | None = field(
+        "Restore tests of this Backup (set by its schedule's verification).", default=None)
 
 
 @dataclass(kw_only=True)
@@ -729,6 +753,31 @@ class VerificationResult:
 
 
 @dataclass(kw_only=True)
+class RetentionEntry:
+    """One Backup and the retention rules that keep it, or why it was pruned."""
+
+    name: str = field("Backup name.")
+    reason: str = field("The rules that keep it, or why none does.", maxLength=1024)
+
+
+@dataclass(kw_only=True)
+class RetentionStatus:
+    """What retention decided, so pruning explains itself."""
+
+    kept: list[RetentionEntry] | None = field(
+        "Every Backup retention keeps now, newest first, with the rules keeping it.",
+        default=None, maxItems=RETENTION_STATUS_ITEMS)
+    last_prune_time: str | None = field("When the last pass deleted Backups.", default=None,
+                                        **_TIME)
+    pruned: list[RetentionEntry] | None = field(
+        "The Backups the last pass that deleted any deleted, and why.", default=None,
+        maxItems=RETENTION_STATUS_ITEMS)
+    next_pruned: list[RetentionEntry] | None = field(
+        "Preview: what the pass after the next run will delete, should that run succeed "
+        "(and nothing else change).", default=None, maxItems=RETENTION_STATUS_ITEMS)
+
+
+@dataclass(kw_only=True)
 class BackupScheduleStatus(ObservedStatus):
     """Observed state of a BackupSchedule."""
 
@@ -742,6 +791,8 @@ class BackupScheduleStatus(ObservedStatus):
     last_verification: VerificationResult | None = field("Last restore test.", default=None)
     last_verification_schedule_time: str | None = field(
         "Last time a restore test was started.", default=None, **_TIME)
+    retention: RetentionStatus | None = field(
+        "What retention keeps and pruned, and why.", default=None)
 
 
 @dataclass(kw_only=True)

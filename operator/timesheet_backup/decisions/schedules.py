@@ -1,16 +1,22 @@
-"""What a BackupSchedule creates (pure): the Backup of a run and the Restore of a restore
-test, built from the schedule as handlers/schedules.py observed it."""
+"""What a BackupSchedule decides (pure): the Backup of a run, the Restore of a restore test,
+which Backups a restore test proved restorable, and which Backups retention prunes and why --
+all from what handlers/schedules.py observed."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import dump
 from timesheet_backup.jobs.pod import owner_reference
+from timesheet_backup.schedule import planner, retention
+from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 
 # Argo CD's tracking label (its default `application.instanceLabelKey`) and annotations. A
 # Backup created by a schedule must not carry them (e.g. copied into the template from a
@@ -92,3 +98,137 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         },
         "spec": spec,
     }
+
+
+# --- restore tests as proof ---------------------------------------------------------------
+
+
+def time_of(backup: Mapping[str, Any]) -> Any:
+    """What orders a schedule's Backups: completion time, else creation time."""
+    st = backup.get("status") or {}
+    return (parse_time(st.get("completionTime"))
+            or parse_time(backup["metadata"].get("creationTimestamp")))
+
+
+def is_verified(backup: Mapping[str, Any]) -> bool:
+    """A Backup that passed a restore test (see `verification_marks`)."""
+    st = backup.get("status") or {}
+    return st.get("phase") == "Succeeded" and \
+        bool((st.get("verification") or {}).get("verifiedTime"))
+
+
+def verification_marks(runs: Sequence[Mapping[str, Any]],
+                       backups: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The durable record of restore tests on the Backups they tested: for each Backup, the
+    newest finished restore-test Restore (`runs`) not yet recorded in its
+    `status.verification`, as (Backup name, status patch). The Restores themselves are pruned
+    to a few, so the Backup carries the proof that retention's keepVerified reads.
+    `verifiedTime` is the last pass; a later failure is recorded but keeps it."""
+    by_name = {b["metadata"]["name"]: b for b in backups
+               if not b["metadata"].get("deletionTimestamp")}
+    newest: dict[str, Mapping[str, Any]] = {}
+    for run in runs:
+        rst = run.get("status") or {}
+        target = str((run.get("spec") or {}).get("backupName") or "")
+        if rst.get("phase") not in TERMINAL_PHASES or not rst.get("completionTime") \
+                or target not in by_name:
+            continue
+        key = (parse_time(rst["completionTime"]), run["metadata"]["name"])
+        held = newest.get(target)
+        if held is None or key > (parse_time(held["status"]["completionTime"]),
+                                  held["metadata"]["name"]):
+            newest[target] = run
+    marks = []
+    for target, run in sorted(newest.items()):
+        rst = run["status"]
+        recorded = (by_name[target].get("status") or {}).get("verification") or {}
+        if recorded.get("restore") == run["metadata"]["name"] and \
+                recorded.get("time") == rst["completionTime"]:
+            continue  # already recorded
+        recorded_at, ended = parse_time(recorded.get("time")), parse_time(rst["completionTime"])
+        if recorded_at is not None and ended is not None and recorded_at > ended:
+            continue  # a newer test (whose Restore is gone) is recorded already
+        passed = rst["phase"] == "Succeeded"
+        record = {
+            "restore": run["metadata"]["name"],
+            "time": rst["completionTime"],
+            "result": rst["phase"],
+            "message": (rst.get("message") or "")[:1024],
+            "verifiedTime": rst["completionTime"] if passed else recorded.get("verifiedTime"),
+        }
+        marks.append((target, {"verification": record}))
+    return marks
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+READ_BY_RESTORE = "read by a running Restore"
+
+
+@dataclass
+class RetentionPass:
+    """What one retention pass does: delete `prune` (oldest first), post `event` (when
+    anything is pruned) and write `status` as the schedule's `status.retention`."""
+
+    prune: list[str] = field(default_factory=list)
+    event: str | None = None
+    status: dict[str, Any] | None = None
+
+
+def backup_records(backups: Sequence[Mapping[str, Any]]) -> list[retention.BackupRecord]:
+    """Retention's view of the schedule's Backups (those being deleted are gone already)."""
+    return [retention.BackupRecord(b["metadata"]["name"],
+                                   (b.get("status") or {}).get("phase"), time_of(b),
+                                   verified=is_verified(b))
+            for b in backups if not b["metadata"].get("deletionTimestamp")]
+
+
+def _entries(decisions: Sequence[retention.Decision]) -> list[dict[str, str]]:
+    return [{"name": d.name, "reason": ", ".join(d.reasons)[:1024]}
+            for d in decisions[:models.RETENTION_STATUS_ITEMS]]
+
+
+def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
+                   restores: Sequence[Mapping[str, Any]], policy: models.RetentionSpec | None,
+                   now: datetime, zone: ZoneInfo,
+                   next_run: datetime | None) -> RetentionPass:
+    """Which Backups to prune now, and the explanation: every kept Backup with the rules that
+    keep it, every pruned one with why no rule does, and a preview of what the pass after the
+    next run (`next_run`, assumed to succeed, unverified) would prune.
+
+    A Backup that a running Restore reads (a restore test, or a restore of the app) is kept
+    whatever the policy: deleting it would delete the objects under the Restore's feet."""
+    if policy is None:
+        return RetentionPass()
+    reading = {(r.get("spec") or {}).get("backupName") for r in restores
+               if (r.get("status") or {}).get("phase") not in TERMINAL_PHASES}
+    records = backup_records(backups)
+    decisions = retention.decide(records, policy, now, zone)
+    for d in decisions:
+        if d.name in reading:
+            d.reasons = d.reasons if d.keep else []
+            d.keep = True
+            d.reasons.append(READ_BY_RESTORE)
+    kept = [d for d in decisions if d.keep]
+    pruned = [d for d in reversed(decisions) if not d.keep]  # oldest first
+    # Empty lists, not None: the status is written as a merge patch, where a list replaces
+    # the previous one and an absent key would leave it as it was.
+    status: dict[str, Any] = {"kept": _entries(kept), "nextPruned": []}
+    result = RetentionPass(prune=[d.name for d in pruned], status=status)
+    if pruned:
+        status["lastPruneTime"] = timestamp(now)
+        status["pruned"] = _entries(pruned)
+        shown = "; ".join(f"{d.name} ({', '.join(d.reasons)})" for d in pruned[:10])
+        result.event = (f"retention deleted {len(pruned)} Backup(s): {shown}"
+                        + (" ..." if len(pruned) > 10 else ""))
+    if next_run is not None:
+        gone = set(result.prune)
+        survivors = [r for r in records if r.name not in gone]
+        upcoming = retention.BackupRecord(planner.backup_name(schedule, next_run),
+                                          retention.SUCCEEDED, next_run)
+        preview = [d for d in reversed(retention.decide([*survivors, upcoming], policy,
+                                                        next_run, zone))
+                   if not d.keep and d.name not in reading]
+        status["nextPruned"] = _entries(preview)
+    return result

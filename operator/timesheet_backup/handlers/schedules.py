@@ -13,7 +13,13 @@ from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
-from timesheet_backup.decisions.schedules import backup_body, verification_body
+from timesheet_backup.decisions.schedules import (
+    backup_body,
+    retention_pass,
+    time_of,
+    verification_body,
+    verification_marks,
+)
 from timesheet_backup.handlers.common import (
     conditions,
     config,
@@ -23,7 +29,7 @@ from timesheet_backup.handlers.common import (
     running_on,
     write,
 )
-from timesheet_backup.schedule import cron, planner, retention
+from timesheet_backup.schedule import cron, planner
 from timesheet_backup.status import (
     TERMINAL_PHASES,
     condition,
@@ -36,12 +42,6 @@ TICK_SECONDS = 10.0
 KEEP_VERIFICATIONS = 3
 CANNOT_CREATE = "cannot create a Backup"
 Status = models.BackupScheduleStatus
-
-
-def _time_of(backup: Mapping[str, Any]) -> Any:
-    st = backup.get("status") or {}
-    return (parse_time(st.get("completionTime"))
-            or parse_time(backup["metadata"].get("creationTimestamp")))
 
 
 def _active(backups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,7 +105,7 @@ def last_run_condition(backups: list[dict[str, Any]],
     if not finished:
         return {**previous, "observedGeneration": generation} if previous else condition(
             "Failed", "False", "NoRunYet", "no Backup has finished yet", clock, generation)
-    newest = max(finished, key=lambda b: (_time_of(b), b["metadata"]["name"]))
+    newest = max(finished, key=lambda b: (time_of(b), b["metadata"]["name"]))
     name, st = newest["metadata"]["name"], newest["status"]
     if st["phase"] == "Failed":
         return condition("Failed", "True", "BackupFailed",
@@ -113,25 +113,30 @@ def last_run_condition(backups: list[dict[str, Any]],
                          clock, generation)
     failed_since = parse_time(previous.get("lastTransitionTime")) \
         if previous and previous.get("status") == "True" else None
-    if previous and failed_since and _time_of(newest) < failed_since:
+    if previous and failed_since and time_of(newest) < failed_since:
         return {**previous, "observedGeneration": generation}
     return condition("Failed", "False", "BackupSucceeded", f"Backup {name} succeeded", clock,
                      generation)
 
 
 def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
-          backups: list[dict[str, Any]]) -> list[str]:
-    records = [retention.BackupRecord(b["metadata"]["name"],
-                                      (b.get("status") or {}).get("phase"), _time_of(b))
-               for b in backups if not b["metadata"].get("deletionTimestamp")]
-    names = retention.to_prune(records, spec.retention, now(), cron.zone(spec.time_zone))
-    for name in names:
-        kube.delete_custom(body["metadata"]["namespace"], c.PLURAL_BACKUP, name)
-    if names:
-        post_event(body, "Normal", reason="Pruned",
-                  message=f"retention deleted {len(names)} Backup(s): {', '.join(names[:10])}"
-                          + (" ..." if len(names) > 10 else ""))
-    return names
+          backups: list[dict[str, Any]], fields: Status) -> list[str]:
+    """Delete what retention prunes; say why in an Event and in `status.retention`."""
+    if spec.retention is None:
+        fields.retention = None
+        return []
+    meta = body["metadata"]
+    restores = kube.list_custom(meta["namespace"], c.PLURAL_RESTORE)
+    next_time = parse_time(fields.next_schedule_time)
+    decided = retention_pass(meta["name"], backups, restores, spec.retention, now(),
+                             cron.zone(spec.time_zone), next_time)
+    for name in decided.prune:
+        kube.delete_custom(meta["namespace"], c.PLURAL_BACKUP, name)
+    if decided.event:
+        post_event(body, "Normal", reason="Pruned", message=decided.event)
+    fields.retention = (None if decided.status is None
+                        else parse(models.RetentionStatus, decided.status, "status.retention"))
+    return decided.prune
 
 
 def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
@@ -163,6 +168,9 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
             post_event(body, "Normal" if rst["phase"] == "Succeeded" else "Warning",
                        f"Verification{rst['phase']}",
                        f"restore test of {result.backup_name}: {result.message}")
+        # The proof outlives the Restores (pruned below): it goes on the tested Backup.
+        for backup_name, backup_status in verification_marks(runs, backups):
+            kube.patch_custom_status(namespace, c.PLURAL_BACKUP, backup_name, backup_status)
         for old in runs[:-KEEP_VERIFICATIONS]:
             kube.delete_custom(namespace, c.PLURAL_RESTORE, old["metadata"]["name"])
     clock = now()
@@ -182,7 +190,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
             time=timestamp(clock), result="Failed",
             message="no successful database backup to verify")
         return
-    newest_good = max(good, key=_time_of)
+    newest_good = max(good, key=time_of)
     name = planner.backup_name(f"{meta['name']}-verify", plan.run_at)
     kube.create_custom(namespace, c.PLURAL_RESTORE,
                        verification_body(body, verification, newest_good, name))
@@ -214,12 +222,12 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     skipped = run_schedule(body, spec, backups, fields)
     if skipped and skipped != st.get("message"):
         post_event(body, "Warning", reason="RunSkipped", message=skipped)
-    prune(body, spec, backups)
+    prune(body, spec, backups, fields)
     verify(body, spec, backups, fields)
 
     succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
     if succeeded:
-        fields.last_successful_time = timestamp(max(_time_of(b) for b in succeeded))
+        fields.last_successful_time = timestamp(max(time_of(b) for b in succeeded))
     fields.active = [models.ActiveRef(name=b["metadata"]["name"]) for b in _active(backups)] \
         or None
     if spec.suspend:
@@ -233,4 +241,4 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     fields.conditions = conditions(merge_conditions(st.get("conditions"), [ready, failed]))
     fields.message = skipped
     # None removes these (the schedule has no next run, none active, nothing skipped).
-    write(patch, fields, clear=("next_schedule_time", "active", "message"))
+    write(patch, fields, clear=("next_schedule_time", "active", "message", "retention"))

@@ -5,12 +5,19 @@ The rules follow restic's `forget` semantics, which platform engineers know:
 - `keepDaily/keepWeekly/keepMonthly n`: for each of the n newest days / ISO weeks / months
   (in the schedule's time zone) that have a successful backup, the newest one of it;
 - `maxAge`: every successful backup younger than this;
+- `keepVerified n`: the n newest successful backups that passed a restore test;
 - `keepFailed n`: the n newest failed backups (for inspection);
 - always the newest successful backup, whatever the rules say, so pruning can never leave a
   schedule without a restorable backup;
+- always the newest verified backup, whatever the rules say, so pruning can never remove the
+  last backup known to restore (a newer one may be broken in a way only a restore shows);
 - backups that have not finished are never touched.
 A successful backup is pruned only when no rule keeps it. Without a retention policy nothing
 is pruned.
+
+"Newest" orders by `time`, then by name: two backups with the same time are told apart by
+their names (a schedule's run names sort by run time), so the outcome never depends on the
+order the API server listed them in.
 """
 
 from __future__ import annotations
@@ -26,28 +33,41 @@ from timesheet_backup.api.validation import parse_duration
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 
+NOT_FINISHED = "not finished"
+NO_POLICY = "no retention policy"
+NEWEST_SUCCESSFUL = "newest successful"
+NEWEST_VERIFIED = "newest verified"
+
 
 @dataclass(frozen=True)
 class BackupRecord:
     """What retention needs to know of a Backup. `time` orders backups: the completion time
-    when there is one, else the creation time."""
+    when there is one, else the creation time. `verified`: it passed a restore test."""
 
     name: str
     phase: str | None
     time: datetime
+    verified: bool = False
 
 
 @dataclass
 class Decision:
+    """Whether a backup stays. `reasons`: the rules that keep it, or, when it is pruned, why
+    each rule of the policy passed it over."""
+
     name: str
     keep: bool
     reasons: list[str] = field(default_factory=list)
 
+    def explain(self) -> str:
+        return f"{'kept' if self.keep else 'pruned'}: {', '.join(self.reasons)}"
+
 
 def _newest_per_bucket(
     records: Sequence[BackupRecord], count: int, bucket: Callable[[BackupRecord], Hashable]
-) -> set[str]:
-    """The newest record of each of the `count` newest buckets (records are newest first)."""
+) -> tuple[set[str], set[Hashable]]:
+    """The newest record of each of the `count` newest buckets (records are newest first),
+    and those buckets."""
     kept: set[str] = set()
     seen: set[Hashable] = set()
     for record in records:
@@ -58,7 +78,7 @@ def _newest_per_bucket(
             break
         seen.add(key)
         kept.add(record.name)
-    return kept
+    return kept, seen
 
 
 def decide(
@@ -67,45 +87,82 @@ def decide(
     now: datetime,
     time_zone: ZoneInfo,
 ) -> list[Decision]:
-    """A decision for every backup, newest first, with the rules that keep it."""
+    """A decision for every backup, newest first, with the rules that keep it (or, for a
+    pruned one, why no rule does)."""
     ordered = sorted(backups, key=lambda b: (b.time, b.name), reverse=True)
     decisions = {b.name: Decision(b.name, keep=False) for b in ordered}
+    passed_over: dict[str, list[str]] = {b.name: [] for b in ordered}
 
     def keep(names: Iterable[str], reason: str) -> None:
         for name in names:
             decisions[name].keep = True
             decisions[name].reasons.append(reason)
 
+    def rule(kept: set[str], reason: str, candidates: Sequence[BackupRecord],
+             why_not: Callable[[BackupRecord], str]) -> None:
+        keep((b.name for b in candidates if b.name in kept), reason)
+        for b in candidates:
+            if b.name not in kept:
+                passed_over[b.name].append(why_not(b))
+
     unfinished = [b.name for b in ordered if b.phase not in (SUCCEEDED, FAILED)]
-    keep(unfinished, "not finished")
+    keep(unfinished, NOT_FINISHED)
     if policy is None:
-        keep((b.name for b in ordered if b.phase in (SUCCEEDED, FAILED)), "no retention policy")
+        keep((b.name for b in ordered if b.phase in (SUCCEEDED, FAILED)), NO_POLICY)
         return [decisions[b.name] for b in ordered]
 
     good = [b for b in ordered if b.phase == SUCCEEDED]
     failed = [b for b in ordered if b.phase == FAILED]
-    keep((b.name for b in good[:1]), "newest successful")
+    verified = [b for b in good if b.verified]
+    keep((b.name for b in good[:1]), NEWEST_SUCCESSFUL)
+    keep((b.name for b in verified[:1]), NEWEST_VERIFIED)
     if policy.keep_last:
-        keep((b.name for b in good[: policy.keep_last]), f"keepLast {policy.keep_last}")
+        n = policy.keep_last
+        rule({b.name for b in good[:n]}, f"keepLast {n}", good,
+             lambda _: f"not among the {n} newest (keepLast)")
     if policy.max_age:
         limit = now - timedelta(seconds=parse_duration(policy.max_age))
-        keep((b.name for b in good if b.time >= limit), f"younger than {policy.max_age}")
+        age = policy.max_age
+        rule({b.name for b in good if b.time >= limit}, f"younger than {age}", good,
+             lambda _: f"older than {age} (maxAge)")
 
     def local(b: BackupRecord) -> datetime:
         return b.time.astimezone(time_zone)
 
-    if policy.keep_daily:
-        keep(_newest_per_bucket(good, policy.keep_daily, lambda b: local(b).date()),
-             f"keepDaily {policy.keep_daily}")
-    if policy.keep_weekly:
-        keep(_newest_per_bucket(good, policy.keep_weekly,
-                                lambda b: local(b).isocalendar()[:2]),
-             f"keepWeekly {policy.keep_weekly}")
-    if policy.keep_monthly:
-        keep(_newest_per_bucket(good, policy.keep_monthly,
-                                lambda b: (local(b).year, local(b).month)),
-             f"keepMonthly {policy.keep_monthly}")
+    periods: list[tuple[int | None, str, str, Callable[[BackupRecord], Hashable]]] = [
+        (policy.keep_daily, "keepDaily", "day", lambda b: local(b).date()),
+        (policy.keep_weekly, "keepWeekly", "week", lambda b: local(b).isocalendar()[:2]),
+        (policy.keep_monthly, "keepMonthly", "month", lambda b: (local(b).year, local(b).month)),
+    ]
+    for count, name, unit, bucket in periods:
+        if not count:
+            continue
+        kept, buckets = _newest_per_bucket(good, count, bucket)
+
+        def why_not(b: BackupRecord, buckets: set[Hashable] = buckets, unit: str = unit,
+                    name: str = name, count: int = count,
+                    bucket: Callable[[BackupRecord], Hashable] = bucket) -> str:
+            if bucket(b) in buckets:
+                return f"not the newest of its {unit} ({name})"
+            return f"its {unit} is not among the {count} newest ({name})"
+
+        rule(kept, f"{name} {count}", good, why_not)
+    if policy.keep_verified:
+        n = policy.keep_verified
+        newest_verified = {b.name for b in verified[:n]}
+        rule(newest_verified, f"keepVerified {n}", good,
+             lambda b: f"not among the {n} newest verified (keepVerified)" if b.verified
+             else "not verified (keepVerified)")
     keep((b.name for b in failed[: policy.keep_failed]), f"keepFailed {policy.keep_failed}")
+    for b in failed[policy.keep_failed:]:
+        passed_over[b.name].append(f"failed, beyond the {policy.keep_failed} newest "
+                                   "(keepFailed)")
+    for b in good:
+        if not passed_over[b.name]:
+            passed_over[b.name].append("no rule keeps older successful Backups")
+    for d in decisions.values():
+        if not d.keep:
+            d.reasons = passed_over[d.name]
     return [decisions[b.name] for b in ordered]
 
 
