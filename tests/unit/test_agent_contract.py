@@ -15,7 +15,7 @@ import pytest
 
 from timesheet_backup import settings
 from timesheet_backup.agent import cli, redact
-from timesheet_backup.agent.pgtools import Connection
+from timesheet_backup.agent.pgtools import Connection, Selection
 from timesheet_backup.api import models
 from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import dump, parse
@@ -193,6 +193,7 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
         "components": ("database",), "clean": True, "no_owner": False, "jobs": 1,
         "create_database": False, "create_owner": None, "drop_after": False, "checks": (),
         "uploads_dir": None, "identities": None, "verify": "before",
+        "selection": Selection(), "uploads_paths": (),
         "manifest_key": "timesheet/nightly/manifest.json",
         "database": Connection(host="db.timesheet", user="timesheet", dbname="timesheet_db")}),
     ({"database": {"clean": False}}, ("database",), {"clean": False}),
@@ -205,6 +206,18 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
     ({"database": {"host": "other", "port": 6432, "user": "admin", "sslMode": "require"}},
      ("database",), {"database": Connection(host="other", port=6432, user="admin",
                                             dbname="timesheet_db", sslmode="require")}),
+    # selective restore: pg_restore's -t/-n/-a/-s; with dataOnly no --clean (rows go into
+    # the existing tables, and pg_restore refuses the two together)
+    ({"database": {"tables": ["timesheets", "-x"], "schemas": ["public"]}}, ("database",),
+     {"selection": Selection(tables=("timesheets", "-x"), schemas=("public",)),
+      "clean": True}),
+    ({"database": {"dataOnly": True}}, ("database",),
+     {"selection": Selection(data_only=True), "clean": False}),
+    ({"database": {"schemaOnly": True, "clean": False}}, ("database",),
+     {"selection": Selection(schema_only=True), "clean": False}),
+    ({"database": {"name": "side", "createDatabase": True, "tables": ["timesheets"]}},
+     ("database",), {"database.dbname": "side", "create_database": True,
+                     "selection.tables": ("timesheets",)}),
     ({"verify": {"sqlChecks": ["SELECT count(*) > 0 FROM timesheets", "-1"]}}, ("database",),
      {"checks": ("SELECT count(*) > 0 FROM timesheets", "-1")}),
     ({}, ("database", "uploads"), {"components": ("database", "uploads"),
@@ -214,6 +227,8 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
      {"components": ("uploads",), "uploads_mode": "merge", "database": None, "checks": ()}),
     ({"components": ["uploads"], "uploads": {"mode": "replace"}}, ("database", "uploads"),
      {"components": ("uploads",), "uploads_mode": "replace", "database": None}),
+    ({"uploads": {"mode": "merge", "paths": ["2024/*", "-x", "*.pdf"]}}, ("uploads",),
+     {"uploads_mode": "merge", "uploads_paths": ("2024/*", "-x", "*.pdf")}),
 ])
 def test_restore_fields_reach_the_agent(spec: dict[str, Any], components: tuple[str, ...],
                                         expected: dict[str, Any]) -> None:

@@ -48,6 +48,8 @@ def test_owner_is_a_restore_target_field() -> None:
         "clean": True,
         "noOwner": False,
         "dropAfter": False,
+        "dataOnly": False,
+        "schemaOnly": False,
     }
     (definition,) = [d for d in crds.DEFINITIONS if d.kind == "Restore"]
     schema = crds.crd(definition)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -91,7 +91,8 @@ def test_resolve_takes_the_connection_from_the_backup_and_the_targets_from_the_u
         "host": "db", "port": 5432, "name": "scratch", "user": "timesheet",
         "passwordSecretRef": {"name": "timesheet-db", "key": "password"}, "sslMode": "require",
         "createDatabase": False, "clean": True, "noOwner": False, "jobs": 2,
-        "dropAfter": False}  # no format/tables: those belong to the dump
+        "dropAfter": False, "dataOnly": False, "schemaOnly": False}
+    # no format/tables of the backup: those belong to the dump
     assert resolved["uploads"] == {"claimName": "uploads", "subPath": "files", "mode": "merge"}
     assert resolved["components"] == ["database", "uploads"]
     assert (resolved["manifestKey"], resolved["backupId"], resolved["encrypted"]) == (
@@ -142,13 +143,15 @@ def test_locate_a_backup_by_name_takes_its_resolved_settings() -> None:
     location = decide.locate(restore_spec(), SUCCEEDED, DEFAULTS)
     assert location == decide.Location(storage={"bucket": "b"},
                                        manifest_key="p/ns/nightly/manifest.json",
-                                       database=DB, uploads={"claimName": "uploads"})
+                                       database=DB, uploads={"claimName": "uploads"},
+                                       backup_name="nightly")
 
 
 def test_locate_a_backup_whose_status_lacks_settings() -> None:
     bare = {"status": {"phase": "Succeeded", "manifestKey": "k/manifest.json"}}
     assert decide.locate(restore_spec(), bare, Defaults()) == decide.Location(
-        storage={}, manifest_key="k/manifest.json", database={}, uploads={})
+        storage={}, manifest_key="k/manifest.json", database={}, uploads={},
+        backup_name="nightly")
 
 
 @pytest.mark.parametrize(("backup", "raises"), [
@@ -174,7 +177,7 @@ def test_locate_without_a_source_is_refused() -> None:
     with pytest.raises(RestoreFailed) as info:
         decide.locate(parse(models.RestoreSpec, {}), None, DEFAULTS)
     assert (info.value.reason, str(info.value)) == (
-        "InvalidSpec", "set exactly one of backupName or source")
+        "InvalidSpec", "set exactly one of backupName, source or latest")
 
 
 def test_an_unreadable_manifest() -> None:

@@ -282,6 +282,16 @@ def add_parsers(commands: Any) -> None:
     target.add_argument("--no-owner", action="store_true")
     target.add_argument("--jobs", type=int, default=1, help="parallel pg_restore")
     target.add_argument(
+        "--table", dest="tables", action="append", default=[], metavar="NAME",
+        help="restore only this table (pg_restore --table); repeatable")
+    target.add_argument(
+        "--schema", dest="schemas", action="append", default=[], metavar="NAME",
+        help="restore only this schema (pg_restore --schema); repeatable")
+    target.add_argument("--data-only", action="store_true",
+                        help="only the data, into existing tables (pg_restore --data-only)")
+    target.add_argument("--schema-only", action="store_true",
+                        help="only the definitions (pg_restore --schema-only)")
+    target.add_argument(
         "--drop-database-after",
         dest="drop_after",
         action="store_true",
@@ -304,6 +314,10 @@ def add_parsers(commands: Any) -> None:
     files = restore.add_argument_group("uploads target")
     files.add_argument("--uploads-dir", type=Path, default=None)
     files.add_argument("--uploads-mode", default="replace", choices=UPLOADS_MODES)
+    files.add_argument(
+        "--uploads-path", dest="uploads_paths", action="append", default=[], metavar="GLOB",
+        help="restore only the entries matching this pattern (with --uploads-mode merge); "
+        "repeatable")
     files.add_argument("--restore-id", default=None, help="names the staging directory")
     restore.add_argument(
         "--age-identity-file",
@@ -501,6 +515,7 @@ def restore_request(
 ) -> RestoreRequest:
     """The RestoreRequest the parsed arguments ask for; `prefix` is the store's key prefix
     (for --namespace/--name). The identity is read from `env` or --age-identity-file."""
+    from timesheet_backup.agent.pgtools import Selection
     from timesheet_backup.agent.restore import RestoreRequest
     from timesheet_backup.storage import layout
 
@@ -526,8 +541,11 @@ def restore_request(
         clean=args.clean,
         no_owner=args.no_owner,
         jobs=args.jobs,
+        selection=Selection(tables=tuple(args.tables), schemas=tuple(args.schemas),
+                            data_only=args.data_only, schema_only=args.schema_only),
         uploads_dir=args.uploads_dir,
         uploads_mode=args.uploads_mode,
+        uploads_paths=tuple(args.uploads_paths),
         checks=tuple(args.checks),
         identities=_read_identity(args, env),
         verify=args.verify,

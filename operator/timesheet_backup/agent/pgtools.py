@@ -72,6 +72,48 @@ class RestoreOptions:
     extra: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Part of a custom/directory dump to restore (pg_restore's object selection)."""
+
+    tables: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ()
+    data_only: bool = False
+    schema_only: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.schemas or self.data_only or self.schema_only)
+
+    def describe(self) -> str:
+        parts = [f"table {t}" for t in self.tables] + [f"schema {n}" for n in self.schemas]
+        if self.data_only:
+            parts.append("data only")
+        if self.schema_only:
+            parts.append("schema only")
+        return ", ".join(parts) or "everything"
+
+    def validate(self, clean: bool) -> None:
+        if self.data_only and self.schema_only:
+            raise ConfigError("--data-only and --schema-only exclude each other")
+        if self.data_only and clean:
+            raise ConfigError("--data-only loads rows into existing tables: not with --clean")
+        for name in (*self.tables, *self.schemas):
+            if not name:
+                raise ConfigError("--table and --schema need a name")
+
+
+def selection_args(selection: Selection) -> list[str]:
+    """pg_restore's -t/-n/-a/-s; `--flag=value`, so a name starting with `-` stays a name.
+    With --clean, pg_restore drops only the selected objects."""
+    args = [f"--table={t}" for t in selection.tables]
+    args += [f"--schema={n}" for n in selection.schemas]
+    if selection.data_only:
+        args.append("--data-only")
+    if selection.schema_only:
+        args.append("--schema-only")
+    return args
+
+
 def quote_conninfo_value(value: str) -> str:
     """libpq keyword/value quoting: single quotes, backslash-escaped `'` and `\\`."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -9,8 +9,9 @@ Nothing is applied from an artifact whose SHA-256 did not match the manifest:
   cannot reach the end of its input and COMMIT before the check. `--verify streaming`
   skips the first pass (half the download) and relies on the transaction and the held-back
   tail alone;
-- database, custom with jobs > 1 and directory formats: downloaded (decrypted, decompressed)
-  into the work directory, verified, then `pg_restore --jobs`;
+- database, custom with jobs > 1 and directory formats, and selective restores (tables,
+  schemas, data or schema only: pg_restore stops reading once it has them): downloaded
+  (decrypted, decompressed) into the work directory, verified, then `pg_restore`;
 - uploads: extracted into a staging directory inside the target, verified, then swapped in.
 """
 
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
@@ -33,7 +34,7 @@ from typing import IO, Any, Final
 import zstandard
 
 from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
-from timesheet_backup.agent.pgtools import Connection, RestoreOptions
+from timesheet_backup.agent.pgtools import Connection, RestoreOptions, Selection
 from timesheet_backup.api.enums import UPLOADS_MODES
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.errors import (
@@ -63,8 +64,10 @@ class RestoreRequest:
     clean: bool = False
     no_owner: bool = False
     jobs: int = 1
+    selection: Selection = field(default_factory=Selection)  # empty: the whole dump
     uploads_dir: Path | None = None
     uploads_mode: str = "replace"
+    uploads_paths: tuple[str, ...] = ()  # empty: every entry of the archive
     checks: tuple[str, ...] = ()
     identities: str | None = None
     verify: str = "before"
@@ -88,6 +91,12 @@ class RestoreRequest:
             raise ConfigError("--create-owner must name a role")
         if self.checks and COMPONENT_UPLOADS in self.components and len(self.components) == 1:
             raise ConfigError("--check needs the database component")
+        self.selection.validate(self.clean)
+        if self.uploads_paths and self.uploads_mode != "merge":
+            raise ConfigError("--uploads-path restores only some entries: it needs "
+                              "--uploads-mode merge (replace would delete all the others)")
+        if any(not p.strip("/.") for p in self.uploads_paths):
+            raise ConfigError("--uploads-path needs a pattern (not empty, '.' or '/')")
 
 
 class ArtifactReader:
@@ -200,7 +209,8 @@ class Loader:
                                 if plan.drop_timeout else self.consumer.stdin)
             return
         if not plan.script:
-            options = RestoreOptions(fmt, request.clean, request.no_owner, jobs, jobs == 1)
+            options = RestoreOptions(fmt, request.clean, request.no_owner, jobs, jobs == 1,
+                                     tuple(pgtools.selection_args(request.selection)))
             self.consumer = postgres.Tool(
                 clients.located(pgtools.pg_restore_args(conn, options, input_path), bin_dir),
                 stdin=stdin, stdout=subprocess.DEVNULL, env=env)
@@ -209,7 +219,8 @@ class Loader:
         if jobs > 1:
             log.warning("restoring with 1 job: the script of a newer pg_restore goes through "
                         "psql for a server before %d", clients.TRANSACTION_TIMEOUT_SINCE)
-        options = RestoreOptions(fmt, request.clean, request.no_owner, 1, False)
+        options = RestoreOptions(fmt, request.clean, request.no_owner, 1, False,
+                                 tuple(pgtools.selection_args(request.selection)))
         self.consumer = postgres.Tool(clients.located(pgtools.psql_restore_args(conn), bin_dir),
                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
         self.producer = postgres.Tool(
@@ -339,7 +350,8 @@ def _restore_from_files(
                 with open(path, "wb") as out:
                     streams.copy(reader, out)
             reader.finish()
-        log.info("verified %s; restoring with %d jobs", artifact.key, request.jobs)
+        log.info("verified %s; restoring with %d jobs (%s)", artifact.key, request.jobs,
+                 request.selection.describe())
         loader = Loader(conn, artifact.format, request, plan, bin_dir, str(path), request.jobs)
         try:
             loader.check()
@@ -383,6 +395,11 @@ def restore_database(
         raise ConfigError("the backup does not name its database: give --target-db-name")
     conn = base.with_dbname(dbname)
     conn.validate()
+    if request.selection and artifact.format == "plain":
+        # Before anything is created: a plain SQL script has no table of contents to pick from.
+        raise ConfigError(
+            f"selective restore ({request.selection.describe()}) needs a custom or directory "
+            "format backup; this one is a plain SQL dump, which can only be restored whole")
     created = False
     if not postgres.database_exists(conn, request.maintenance_db):
         if not request.create_database:
@@ -391,10 +408,13 @@ def restore_database(
             )
         postgres.create_database(conn, request.maintenance_db, owner=request.create_owner)
         created = True
-    log.info("restoring %s (%s format) into database %s", artifact.key, artifact.format, dbname)
+    log.info("restoring %s (%s format; %s) into database %s", artifact.key, artifact.format,
+             request.selection.describe(), dbname)
     try:
         plan, bin_dir, target_major = _plan(artifact, conn, request)
-        if artifact.format == "directory" or request.jobs > 1:
+        # A selective restore reads from a verified file too: pg_restore stops reading its
+        # input once it has what was selected, and would COMMIT before the rest was hashed.
+        if artifact.format == "directory" or request.jobs > 1 or request.selection:
             _restore_from_files(store, artifact, identities, conn, request, plan, bin_dir)
         else:
             _restore_streaming(store, artifact, identities, conn, request, plan, bin_dir)
@@ -418,6 +438,7 @@ def restore_database(
         "created": created,
         "format": artifact.format,
         "checks": checks,
+        "selection": request.selection.describe(),
         "dropped": request.drop_after,
         "serverMajor": target_major,
         "client": plan.describe(artifact.format or "custom"),
@@ -445,10 +466,14 @@ def restore_uploads(
     try:
         with ArtifactReader(store, artifact, identities) as reader:
             extractor = tarstream.SafeExtractor(
-                staging, artifact.strip_components, absolute_roots=roots
+                staging, artifact.strip_components, absolute_roots=roots,
+                include=request.uploads_paths,
             )
             result = extractor.extract(reader)
             reader.finish()
+        if request.uploads_paths and not result.stats.selected:
+            raise ConfigError(f"no entry of {artifact.key} matches --uploads-path "
+                              f"{', '.join(request.uploads_paths)}: nothing was restored")
         if request.uploads_mode == "replace":
             tarstream.replace_with(target, staging, token)
         else:
@@ -460,11 +485,15 @@ def restore_uploads(
     log.info(
         "restored %d files into %s (%s)", result.stats.file_count, target, request.uploads_mode
     )
-    return {
+    summary: dict[str, Any] = {
         "directory": str(target),
         "mode": request.uploads_mode,
         "fileCount": result.stats.file_count,
     }
+    if request.uploads_paths:
+        summary["paths"] = list(request.uploads_paths)
+        summary["leftOut"] = result.stats.unselected
+    return summary
 
 
 # --- the whole restore ---------------------------------------------------------------

@@ -57,6 +57,9 @@ class TarStats:
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    # Restoring selected paths only (SafeExtractor's `include`): members taken and left out.
+    selected: int = 0
+    unselected: int = 0
     # Entries the agent's identity may not read (files it cannot open, directories it cannot
     # list). The walk goes on without writing, so the failure names them all, not the first.
     unreadable: list[str] = field(default_factory=list)
@@ -90,6 +93,14 @@ def is_excluded(relative: str, patterns: Sequence[str]) -> bool:
         elif fnmatch.fnmatchcase(name, clean):
             return True
     return False
+
+
+def is_selected(relative: str, patterns: Sequence[str]) -> bool:
+    """Whether `relative` or one of its parent directories matches a pattern (the rules of
+    is_excluded): a selected directory brings everything below it."""
+    parts = relative.split("/")
+    return any(is_excluded("/".join(parts[:end]), patterns)
+               for end in range(1, len(parts) + 1))
 
 
 def member_parts(name: str, strip_components: int = 0) -> tuple[str, ...]:
@@ -384,8 +395,14 @@ class SafeExtractor:
         strip_components: int = 0,
         same_owner: bool | None = None,
         absolute_roots: Sequence[str] = (),
+        include: Sequence[str] = (),
     ) -> None:
         self.staging = staging
+        # Glob patterns (is_selected): only matching members are written. Every member is
+        # still checked (names, types), so a hostile archive is refused as a whole.
+        self.include = tuple(include)
+        # Directories left out so far: their attributes, should a selected member need them.
+        self._pending: dict[tuple[str, ...], tarfile.TarInfo] = {}
         self.strip = strip_components
         self.absolute_roots = tuple(absolute_roots)
         # As root, restore numeric owners like GNU tar does; otherwise files are the caller's.
@@ -421,7 +438,7 @@ class SafeExtractor:
     def _ensure_parents(self, parts: tuple[str, ...], create: bool = True) -> None:
         """Create missing parents as directories; refuse to pass through anything else."""
         current = self.staging
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             current = current / part
             try:
                 st = os.lstat(current)
@@ -429,12 +446,24 @@ class SafeExtractor:
                 if not create:
                     return
                 os.mkdir(current, 0o700)
+                self._adopt(parts[:depth], current)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise ArchiveError(
                     f"refusing tar member {'/'.join(parts)!r}: a parent is not a directory "
                     "(a symlink or file), the member would be written through it"
                 )
+
+    def _adopt(self, parts: tuple[str, ...], path: Path) -> None:
+        """A parent created for a selected member gets its archived attributes (when the
+        archive had it: it was left out because it was not selected itself)."""
+        member = self._pending.pop(parts, None)
+        if member is None:
+            return
+        self._dirs.append(_DirAttrs(path, member.mode & DIR_MODE_MASK,
+                                    parse_pax_mtime_ns(member)))
+        self._chown(path, member)
+        self.stats.directories += 1
 
     def _clear(self, path: Path, keep_dir: bool) -> None:
         """Remove what an earlier member left at `path` (tar lets later members win)."""
@@ -466,6 +495,21 @@ class SafeExtractor:
             raise ArchiveError(f"refusing FIFO in the archive: {member.name!r}")
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise ArchiveError(f"refusing unsupported tar member type: {member.name!r}")
+        if self.include:
+            if not is_selected("/".join(parts), self.include):
+                if member.isdir():
+                    self._pending[parts] = member
+                self.stats.unselected += 1
+                return
+            if member.islnk():
+                linked = member_parts(member.linkname, self.strip)
+                if linked and not os.path.lexists(self._path(linked)):
+                    # Its data is in a member that was left out: say so, restore the rest.
+                    log.warning("skipping hard link %s: its file %s is not among the "
+                                "selected paths", member.name, member.linkname)
+                    self.stats.unselected += 1
+                    return
+            self.stats.selected += 1
         self._ensure_parents(parts)
         path = self._path(parts)
         mtime_ns = parse_pax_mtime_ns(member)

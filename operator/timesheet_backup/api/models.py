@@ -487,6 +487,27 @@ class RestoreSource:
 
 
 @dataclass(kw_only=True)
+class RestoreLatest:
+    """The backup chosen by intent: the newest Succeeded Backup of a schedule, resolved once
+    when the Restore starts and recorded in status.restoredFrom (later changes to the
+    schedule's Backups do not change the choice)."""
+
+    schedule_name: str = field(
+        "The BackupSchedule whose Backups (label backup.northstar.io/schedule) are candidates.",
+        **_NAME)
+    before: str | None = field(
+        "Only Backups completed before this time (RFC 3339, e.g. 2025-03-14T09:00:00Z): the "
+        "last good state before an incident.", default=None, **_TIME)
+    verified_only: bool = field(
+        "Only Backups that passed a restore test (status.verification.verifiedTime is set).",
+        default=False)
+
+
+# pg_restore's object selection, shared by the field descriptions and the agent's messages.
+SELECTIVE_FIELDS = ("tables", "schemas", "dataOnly", "schemaOnly")
+
+
+@dataclass(kw_only=True)
 class RestoreDatabaseTarget:
     """Where the database is restored; unset fields: the backup's database."""
 
@@ -494,6 +515,16 @@ class RestoreDatabaseTarget:
         {
             "rule": "!has(self.owner) || (has(self.createDatabase) && self.createDatabase)",
             "message": "owner applies to a database the restore creates: set createDatabase",
+        },
+        {
+            "rule": "!(has(self.dataOnly) && self.dataOnly && has(self.schemaOnly)"
+                    " && self.schemaOnly)",
+            "message": "dataOnly and schemaOnly exclude each other: set at most one",
+        },
+        {
+            "rule": "!(has(self.dataOnly) && self.dataOnly && has(self.clean) && self.clean)",
+            "message": "dataOnly loads rows into the existing tables: clean (drop them first) "
+                       "does not apply, leave it unset",
         },
     )
 
@@ -514,13 +545,33 @@ class RestoreDatabaseTarget:
         "role needs CREATEDB and must be a member of this role (or a superuser), as PostgreSQL "
         "requires. Default: the connecting role. An existing database keeps its owner.",
         default=None, maxLength=63, **_TEXT)
-    clean: bool = field("Drop existing objects before restoring them.", default=True)
+    clean: bool = field("Drop existing objects before restoring them (with tables or schemas: "
+                        "only the selected ones; never with dataOnly).", default=True)
     no_owner: bool = field("Do not restore ownership.", default=False)
     jobs: int | None = field("Parallel restore jobs.", default=None, minimum=1, maximum=32)
     drop_after: bool = field(
         "Drop the database after the SQL checks: a restore test into a scratch database.",
         default=False,
     )
+    tables: list[str] | None = field(
+        "Restore only these tables (pg_restore --table, exact names, optionally "
+        "schema-qualified through schemas; their data and definition, not their indexes "
+        "or constraints). With clean, only these tables are dropped first. Needs a custom or "
+        "directory format backup (SelectiveRestoreUnsupported for a plain one).",
+        default=None, maxItems=64, items_maxLength=128, items_minLength=1,
+        items_pattern=v.PRINTABLE_PATTERN)
+    schemas: list[str] | None = field(
+        "Restore only these schemas (pg_restore --schema); with tables: those tables in "
+        "these schemas. Needs a custom or directory format backup.",
+        default=None, maxItems=64, items_maxLength=63, items_minLength=1,
+        items_pattern=v.PRINTABLE_PATTERN)
+    data_only: bool = field(
+        "Restore only the data, not the definitions (pg_restore --data-only): rows into "
+        "existing tables. Not with schemaOnly; needs a custom or directory format backup.",
+        default=False)
+    schema_only: bool = field(
+        "Restore only the definitions, no rows (pg_restore --schema-only). Not with "
+        "dataOnly; needs a custom or directory format backup.", default=False)
 
 
 @dataclass(kw_only=True)
@@ -538,10 +589,25 @@ class RestoreUploadsTarget:
             {"rule": v.NO_DOTDOT_RULE, "message": "subPath must not contain '..'"}
         ]},
     )
+    __cel__ = (
+        {
+            "rule": "!has(self.paths) || (has(self.mode) && self.mode == 'merge')",
+            "message": "paths restores only some files: set mode: merge (replace would "
+                       "delete every file the paths do not select)",
+        },
+    )
+
     mode: UploadsMode = field(
         "replace: the directory ends up exactly as backed up. merge: add and overwrite only.",
         default="replace",
     )
+    paths: list[str] | None = field(
+        "Restore only the entries matching these glob patterns (relative to the archived "
+        "directory; a pattern without / matches a name at any depth, one with / the path "
+        "from the root; a matching directory brings everything below it). Needs mode: merge: "
+        "everything else in the target stays as it is.",
+        default=None, maxItems=64, items_maxLength=256, items_minLength=1,
+        items_pattern=v.PRINTABLE_PATTERN)
 
 
 @dataclass(kw_only=True)
@@ -619,8 +685,9 @@ class RestoreSpec:
 
     __cel__ = (
         {
-            "rule": "has(self.backupName) != has(self.source)",
-            "message": "set exactly one of backupName or source",
+            "rule": "(has(self.backupName) ? 1 : 0) + (has(self.source) ? 1 : 0)"
+                    " + (has(self.latest) ? 1 : 0) == 1",
+            "message": "set exactly one of backupName, source or latest",
         },
     )
 
@@ -628,6 +695,9 @@ class RestoreSpec:
     source: RestoreSource | None = field(
         "A backup in a bucket, for a cluster that never saw the Backup object.", default=None
     )
+    latest: RestoreLatest | None = field(
+        "The newest Succeeded Backup of a schedule (optionally completed before a time, "
+        "optionally only verified ones), chosen once when the Restore starts.", default=None)
     components: list[Component] | None = field(
         "What to restore. Default every component of the backup.",
         default=None,
@@ -818,8 +888,11 @@ class QuiescedDeployment:
 class RestoredFrom:
     """The backup that was restored."""
 
-    backup_name: str | None = field("Backup object, if any.", default=None)
+    backup_name: str | None = field("Backup object, if any (for latest: the one chosen).",
+                                    default=None)
     manifest_key: str = field("Key of its manifest.", maxLength=1024)
+    completion_time: str | None = field(
+        "When the chosen Backup completed (latest only).", default=None, **_TIME)
     backup_id: str | None = field("Its id.", default=None)
 
 

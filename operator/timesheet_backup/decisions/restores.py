@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from timesheet_backup import constants as c
@@ -78,25 +78,84 @@ class Location:
     manifest_key: str
     database: Mapping[str, Any]
     uploads: Mapping[str, Any]
+    backup_name: str | None = None  # the Backup object restored, if any
+    completion_time: str | None = None  # when it completed (recorded for `latest`)
 
 
 def locate(spec: models.RestoreSpec, backup: Mapping[str, Any] | None,
-           defaults: Defaults) -> Location:
+           defaults: Defaults, candidates: Sequence[Mapping[str, Any]] = ()) -> Location:
     """`backup`: the Backup named by spec.backupName as read (None: not found, or no
-    backupName). A bucket source's storage is merged over the operator's default storage."""
+    backupName); `candidates`: for spec.latest, the Backups labelled with its schedule, as
+    listed. A bucket source's storage is merged over the operator's default storage."""
     if spec.backup_name:
         check_backup(spec.backup_name, backup)
-        bst = (backup or {}).get("status") or {}
-        resolved_backup = bst.get("resolved") or {}
-        return Location(storage=resolved_backup.get("storage") or {},
-                        manifest_key=bst["manifestKey"],
-                        database=resolved_backup.get("database") or {},
-                        uploads=resolved_backup.get("uploads") or {})
+        return _backup_location(spec.backup_name, backup or {})
+    if spec.latest is not None:
+        chosen = choose_latest(spec.latest, candidates)
+        return _backup_location(str(chosen["metadata"]["name"]), chosen,
+                                str(chosen["status"]["completionTime"]))
     if spec.source is not None:
         return Location(storage=deep_merge(dump(defaults.storage) if defaults.storage else {},
                                            dump(spec.source.storage)),
                         manifest_key=spec.source.manifest_key, database={}, uploads={})
-    raise RestoreFailed("InvalidSpec", "set exactly one of backupName or source")
+    raise RestoreFailed("InvalidSpec", "set exactly one of backupName, source or latest")
+
+
+def _backup_location(name: str, backup: Mapping[str, Any],
+                     completion_time: str | None = None) -> Location:
+    bst = backup.get("status") or {}
+    resolved_backup = bst.get("resolved") or {}
+    return Location(storage=resolved_backup.get("storage") or {},
+                    manifest_key=bst["manifestKey"],
+                    database=resolved_backup.get("database") or {},
+                    uploads=resolved_backup.get("uploads") or {},
+                    backup_name=name, completion_time=completion_time)
+
+
+def choose_latest(latest: models.RestoreLatest,
+                  backups: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The newest Succeeded Backup of `latest.scheduleName` among `backups` (those labelled
+    with the schedule), completed before `latest.before` and verified when asked; ties on the
+    completion time go to the later name. None fits: RestoreFailed(NoMatchingBackup)."""
+    try:
+        before = _aware(parse_time(latest.before))
+    except ValueError as exc:
+        raise RestoreFailed("InvalidSpec",
+                            f"latest.before {latest.before!r} is not an RFC 3339 time") from exc
+    fitting: list[tuple[datetime, str, Mapping[str, Any]]] = []
+    for backup in backups:
+        meta, st = backup.get("metadata") or {}, backup.get("status") or {}
+        if (meta.get("labels") or {}).get(c.LABEL_SCHEDULE) != latest.schedule_name:
+            continue  # listed by label; checked again so a wrong list cannot pick a stranger
+        if meta.get("deletionTimestamp") or st.get("phase") != "Succeeded":
+            continue
+        if not st.get("manifestKey") or not st.get("completionTime"):
+            continue
+        completed = _aware(parse_time(st["completionTime"]))
+        if completed is None or (before is not None and completed >= before):
+            continue
+        if latest.verified_only and not (st.get("verification") or {}).get("verifiedTime"):
+            continue
+        fitting.append((completed, str(meta["name"]), backup))
+    if not fitting:
+        raise RestoreFailed("NoMatchingBackup", no_match_message(latest))
+    return max(fitting, key=lambda entry: (entry[0], entry[1]))[2]
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without an offset is UTC (as Kubernetes writes them)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def no_match_message(latest: models.RestoreLatest) -> str:
+    """What a Restore of `latest` that found nothing says."""
+    kind = "verified Succeeded Backup" if latest.verified_only else "Succeeded Backup"
+    message = f"no {kind} of schedule {latest.schedule_name}"
+    if latest.before:
+        message += f" completed before {latest.before}"
+    return message
 
 
 def manifest_unreadable(location: Location, error: Exception) -> RestoreFailed:
@@ -105,15 +164,18 @@ def manifest_unreadable(location: Location, error: Exception) -> RestoreFailed:
 
 
 def source(location: Location, backup_id: str, components: Sequence[str],
-           encrypted: Sequence[str], defaults: Defaults) -> Source:
-    """The Source once the manifest was read (`backup_id`, `components` and the `encrypted`
-    components are the manifest's)."""
+           encrypted: Sequence[str], defaults: Defaults,
+           database_format: str | None = None) -> Source:
+    """The Source once the manifest was read (`backup_id`, `components`, the `encrypted`
+    components and the database artifact's format are the manifest's)."""
     # Connection settings come from the backup (or operator defaults for a bucket source).
     return Source(
         storage=location.storage, manifest_key=location.manifest_key, backup_id=backup_id,
         components=list(components), encrypted=list(encrypted),
         database=location.database or (dump(defaults.database) if defaults.database else {}),
-        uploads=location.uploads or (dump(defaults.uploads) if defaults.uploads else {}))
+        uploads=location.uploads or (dump(defaults.uploads) if defaults.uploads else {}),
+        database_format=database_format, backup_name=location.backup_name,
+        completion_time=location.completion_time)
 
 
 @dataclass(frozen=True)
@@ -127,6 +189,25 @@ class Source:
     encrypted: Sequence[str]  # components whose artifact is age-encrypted
     database: Mapping[str, Any]  # the backup's resolved database (or the operator defaults)
     uploads: Mapping[str, Any]  # the backup's resolved uploads (or the operator defaults)
+    database_format: str | None = None  # the manifest's database artifact: custom, plain...
+    backup_name: str | None = None  # the Backup object restored, if any
+    completion_time: str | None = None  # when it completed (recorded for `latest`)
+
+
+PLAIN_NOT_SELECTIVE = (
+    "{} select part of a dump, but this backup is a plain SQL dump, which can only be "
+    "restored whole: take the backups in the custom or directory format (Backup "
+    "database.format), or restore the whole dump into a side database (database.name with "
+    "createDatabase) and copy from there")
+
+
+def selection(target: models.RestoreDatabaseTarget | None) -> list[str]:
+    """The selective-restore fields a database target sets (as their JSON names)."""
+    if target is None:
+        return []
+    chosen = {"tables": bool(target.tables), "schemas": bool(target.schemas),
+              "dataOnly": target.data_only, "schemaOnly": target.schema_only}
+    return [name for name in models.SELECTIVE_FIELDS if chosen[name]]
 
 
 def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
@@ -150,12 +231,16 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
         missing.append("uploads.claimName")
     if missing:
         raise RestoreFailed("InvalidSpec", "incomplete restore target, set: " + ", ".join(missing))
+    selective = selection(spec.database) if "database" in components else []
+    if selective and source.database_format == "plain":
+        fields = ", ".join(f"database.{name}" for name in selective)
+        raise RestoreFailed("SelectiveRestoreUnsupported", PLAIN_NOT_SELECTIVE.format(fields))
     encrypted = any(x in source.encrypted for x in components)
     if encrypted and spec.decryption is None:
         raise RestoreFailed("DecryptionKeyMissing",
                             "the backup is encrypted: set spec.decryption.secretRef (for a "
                             "schedule's restore test: verification.decryption.secretRef)")
-    return {
+    resolved = {
         "storage": dict(source.storage),
         "manifestKey": source.manifest_key,
         "backupId": source.backup_id,
@@ -164,6 +249,12 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
         "uploads": target_uploads if "uploads" in components else None,
         "encrypted": encrypted,
     }
+    # The choice, recorded so that later steps (and an operator restart) never search again.
+    if source.backup_name:
+        resolved["backupName"] = source.backup_name
+    if source.completion_time:
+        resolved["completionTime"] = source.completion_time
+    return resolved
 
 
 def check_secrets(problems: Sequence[str]) -> None:
@@ -174,9 +265,10 @@ def check_secrets(problems: Sequence[str]) -> None:
 
 
 def restored_from(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> models.RestoredFrom:
-    return models.RestoredFrom(backup_name=spec.backup_name,
+    return models.RestoredFrom(backup_name=resolved.get("backupName") or spec.backup_name,
                                manifest_key=resolved["manifestKey"],
-                               backup_id=resolved.get("backupId"))
+                               backup_id=resolved.get("backupId"),
+                               completion_time=resolved.get("completionTime"))
 
 
 # --- steps ------------------------------------------------------------------------------

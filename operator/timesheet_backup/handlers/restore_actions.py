@@ -44,15 +44,22 @@ def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
     defaults = config().defaults
     backup = (kube.get_custom(namespace, c.PLURAL_BACKUP, spec.backup_name)
               if spec.backup_name else None)
-    location = decide.locate(spec, backup, defaults)
+    # Read once, in the tick that resolves: the choice goes to status.resolved and later
+    # steps read it from there, so a newer Backup of the schedule never changes it.
+    candidates = (kube.list_custom(namespace, c.PLURAL_BACKUP,
+                                   f"{c.LABEL_SCHEDULE}={spec.latest.schedule_name}")
+                  if spec.latest else [])
+    location = decide.locate(spec, backup, defaults, candidates)
     storage_spec = parse(models.StorageSpec, location.storage, "storage")
     try:
         manifest = mf.read(bucket.open_store(storage_spec, namespace), location.manifest_key)
     except (LookupError, AgentError) as exc:
         raise decide.manifest_unreadable(location, exc) from exc
+    database = manifest.artifact(c.COMPONENT_DATABASE)
     return decide.resolve(spec, decide.source(
         location, manifest.backup_id, manifest.components,
-        [a.component for a in manifest.artifacts if a.encrypted], defaults))
+        [a.component for a in manifest.artifacts if a.encrypted], defaults,
+        database.format if database else None))
 
 
 def secret_problems(namespace: str, spec: models.RestoreSpec,

@@ -109,8 +109,14 @@ def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[
             args.append("--create-database")
         if db.owner:
             args.append(f"--create-owner={db.owner}")
-        if db.clean:
+        if db.clean and not db.data_only:  # dataOnly: rows into the existing tables
             args.append("--clean")
+        args += [f"--table={t}" for t in db.tables or []]
+        args += [f"--schema={n}" for n in db.schemas or []]
+        if db.data_only:
+            args.append("--data-only")
+        if db.schema_only:
+            args.append("--schema-only")
         if db.no_owner:
             args.append("--no-owner")
         if db.jobs:
@@ -121,6 +127,7 @@ def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[
         args += [f"--check={q}" for q in checks or []]
     if uploads:
         args += [f"--uploads-dir={UPLOADS_MOUNT}", f"--uploads-mode={uploads.mode}"]
+        args += [f"--uploads-path={p}" for p in uploads.paths or []]
     return args + storage_args(restore_storage(resolved), writes=False) + common_args()
 
 
