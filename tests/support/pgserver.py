@@ -33,6 +33,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from tests.support.tlscerts import CertFiles
+
 DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
 
 # Durability buys nothing in a test server and costs seconds on every CREATE DATABASE.
@@ -125,9 +127,16 @@ class PostgresServer:
         port: int | None = None,
         user: str = "postgres",
         settings: Mapping[str, str] | None = None,
+        tls: CertFiles | None = None,
+        ca_cert: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        """`tls`: `ssl = on` with this server certificate; `ca_cert`: the CA whose client
+        certificates `allow_cert_auth` lets in (pg_hba `cert`)."""
+        self.tls = tls
+        self.ca_cert = ca_cert
         self.bin_dir = Path(bin_dir) if bin_dir else find_bin_dir()
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port or free_port()
         self.user = user
         self.password = secrets.token_urlsafe(18)
@@ -212,6 +221,7 @@ class PostgresServer:
             pwfile.unlink(missing_ok=True)
         conf = {
             **self.settings,
+            **self._install_tls(),
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.socket_dir),
@@ -221,6 +231,34 @@ class PostgresServer:
             for key, value in conf.items():
                 f.write(f"{key} = '{value}'\n")
         self._initialized = True
+
+    def _install_tls(self) -> dict[str, str]:
+        """Server certificate and key in the data directory (the key 0600, the server's
+        own, or PostgreSQL refuses to start) and the settings that use them."""
+        if self.tls is None:
+            return {}
+        files = {"server.crt": (self.tls.cert, 0o644), "server.key": (self.tls.key, 0o600)}
+        if self.ca_cert is not None:
+            files["root.crt"] = (self.ca_cert, 0o644)
+        for name, (source, mode) in files.items():
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(mode)
+            self._chown(target)
+        conf = {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"}
+        if self.ca_cert is not None:
+            conf["ssl_ca_file"] = "root.crt"
+        return conf
+
+    def allow_cert_auth(self, role: str, dbname: str = "all") -> None:
+        """Let `role` in over TLS with a client certificate only (its CN must be the role),
+        ahead of every other pg_hba line, and reload."""
+        hba = self.data_dir / "pg_hba.conf"
+        # Any address: pods reach a test server from their own; the certificate decides.
+        line = f"hostssl {dbname} {role} all cert\n"
+        hba.write_text(line + hba.read_text())
+        self._run("pg_ctl", "reload", "-D", str(self.data_dir))
+        time.sleep(0.5)  # the postmaster rereads pg_hba on SIGHUP, asynchronously
 
     def start(self, timeout: float = 60) -> PostgresServer:
         """Start the server (initialising it first if needed) and wait until it accepts logins."""

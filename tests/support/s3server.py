@@ -40,6 +40,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from tests.support.tlscerts import CertFiles
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_TOOLS = REPO_ROOT / "tests" / "cluster" / "build-tools.sh"
 REGION = "us-east-1"
@@ -141,8 +143,14 @@ class S3Server:
     ``sidecar_dir`` (None when xattrs hold the metadata), ``log_path``.
     """
 
-    def __init__(self, *, binary: str | Path | None = None, port: int | None = None) -> None:
+    def __init__(self, *, binary: str | Path | None = None, port: int | None = None,
+                 tls: CertFiles | None = None, ca_bundle: Path | None = None,
+                 host: str = "127.0.0.1") -> None:
+        """`tls`: serve https with this certificate (its CA's file is `ca_bundle`, which the
+        test client trusts)."""
         self.binary = Path(binary) if binary else find_tool("versitygw")
+        self.tls = tls
+        self.ca_bundle = ca_bundle
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.region = REGION
@@ -162,7 +170,8 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30) -> S3Server:
         if self._proc is not None and self._proc.poll() is None:
@@ -175,6 +184,8 @@ class S3Server:
             self.region,
             "posix",
         ]
+        if self.tls is not None:
+            argv[1:1] = ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         if self.sidecar_dir is not None:
             argv += ["--sidecar", str(self.sidecar_dir)]
         argv.append(str(self.root_dir))
@@ -260,6 +271,7 @@ class S3Server:
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
             config=cfg,
+            verify=str(self.ca_bundle) if self.ca_bundle else None,
         )
         if default:
             self._client = client

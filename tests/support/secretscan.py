@@ -49,3 +49,14 @@ def scan_text(where: str, text: str, secrets: dict[str, str]) -> list[Finding]:
                 after = text[at + len(needle):at + len(needle) + 60]
                 findings.append(Finding(where, label, form, f"{before}<{label}>{after}"))
     return findings
+
+
+def pem_secrets(label: str, pem: str) -> dict[str, str]:
+    """A private key PEM as secrets to scan for: its base64 body (the lines joined, as a
+    Secret's data or a key file decoded would carry it) and each body line on its own (a log
+    line that prints part of the file). The BEGIN/END lines are not secret and stay out."""
+    body = [line.strip() for line in pem.splitlines()
+            if line.strip() and not line.strip().startswith("-----")]
+    found = {f"{label} body": "".join(body)} if body else {}
+    found.update({f"{label} line {i}": line for i, line in enumerate(body) if len(line) >= 8})
+    return found

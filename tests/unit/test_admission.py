@@ -99,7 +99,7 @@ def test_a_backup_the_defaults_leave_incomplete_is_warned_about() -> None:
     assert warnings == ["with the operator's current defaults this Backup would fail: "
                         "incomplete backup settings, set them in the Backup or the operator "
                         "defaults: database.host, database.name, database.user, "
-                        "database.passwordSecretRef, storage.bucket"]
+                        "database.passwordSecretRef (or clientCertSecretRef), storage.bucket"]
 
 
 def test_the_operator_defaults_complete_a_backup() -> None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from timesheet_backup.agent import termination
+from timesheet_backup.agent import termination, tlsfiles
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.agent.redact import RedactingFilter, Redactor, secrets_from_env
 from timesheet_backup.api.enums import (
@@ -105,6 +105,8 @@ def s3_settings_from_args(args: argparse.Namespace) -> Any:
         max_attempts=args.max_attempts,
         retry_mode=args.retry_mode,
         checksums=not getattr(args, "no_checksums", False),
+        ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
+        verify_tls=not args.insecure_skip_tls_verify,
     )
 
 
@@ -142,6 +144,15 @@ def _add_s3(parser: argparse.ArgumentParser, *, writes: bool) -> None:
     group.add_argument("--endpoint", default=None, help="S3-compatible endpoint URL")
     group.add_argument(
         "--force-path-style", action="store_true", help="path-style addressing (MinIO etc.)"
+    )
+    group.add_argument(
+        "--ca-bundle", default=None,
+        help="PEM file of the CA certificate(s) that sign the endpoint's (a private CA); "
+        "default: the system's trusted CAs",
+    )
+    group.add_argument(
+        "--insecure-skip-tls-verify", action="store_true",
+        help="INSECURE, labs only: do not verify the endpoint's TLS certificate",
     )
     if writes:
         group.add_argument("--storage-class", default=None, help="e.g. STANDARD_IA, GLACIER_IR")
@@ -184,7 +195,9 @@ def _add_db(parser: argparse.ArgumentParser, *, name_flag: str) -> None:
     group = parser.add_argument_group(
         "database",
         "the password comes only from PGPASSWORD; unset flags fall back to "
-        "PGHOST, PGPORT, PGUSER, PGDATABASE, PGSSLMODE",
+        "PGHOST, PGPORT, PGUSER, PGDATABASE, PGSSLMODE; certificates from the files "
+        "PGSSLROOTCERT, PGSSLCERT and PGSSLKEY name (the key is copied to a private 0600 "
+        "file first)",
     )
     group.add_argument("--db-host", default=None)
     group.add_argument("--db-port", type=int, default=None)
@@ -420,12 +433,14 @@ def _on_signal(signum: int, frame: object) -> None:
 
 
 def _execute(args: argparse.Namespace, action: Callable[[], dict[str, Any] | None]) -> int:
-    redactor = Redactor(secrets_from_env(os.environ))
+    redactor = Redactor(secrets_from_env(os.environ) + tlsfiles.private_key_lines(os.environ))
     _setup_logging(args.log_level, redactor)
     path = args.termination_message_path
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
+        # Before anything connects: libpq wants the client key as a 0600 file of our own.
+        tlsfiles.prepare_client_key(os.environ, getattr(args, "work_dir", None))
         result = action()
     except AgentError as exc:
         message = redactor(str(exc))

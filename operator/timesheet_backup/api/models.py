@@ -67,6 +67,29 @@ class CredentialsSecretRef:
 
 
 @dataclass(kw_only=True)
+class ClientCertSecretRef:
+    """A `kubernetes.io/tls` Secret with a client certificate and its private key. The Job
+    mounts both as files (never env or args); the agent copies the key to its scratch space
+    with mode 0600, as libpq requires."""
+
+    name: str = field("Name of the Secret.", **_NAME)
+    certificate_key: str = field("Key of the PEM certificate (chain).", default="tls.crt",
+                                 **_KEY)
+    private_key_key: str = field("Key of the PEM private key.", default="tls.key", **_KEY)
+
+
+# A root certificate or a client certificate with sslMode disable would be ignored: refuse.
+_DB_TLS_RULES = (
+    {
+        "rule": "!has(self.sslMode) || self.sslMode != 'disable' || "
+        "!(has(self.sslRootCertSecretRef) || has(self.clientCertSecretRef))",
+        "message": "sslRootCertSecretRef and clientCertSecretRef need TLS: sslMode must not be "
+        "disable",
+    },
+)
+
+
+@dataclass(kw_only=True)
 class ServerSideEncryption:
     """Encryption at rest applied by the object store."""
 
@@ -86,6 +109,15 @@ class ServerSideEncryption:
 @dataclass(kw_only=True)
 class StorageSpec:
     """Where artifacts are stored: an S3 bucket (AWS or any S3-compatible store)."""
+
+    __cel__ = (
+        {
+            "rule": "!(has(self.caBundleSecretRef) && has(self.insecureSkipTLSVerify)"
+            " && self.insecureSkipTLSVerify)",
+            "message": "caBundleSecretRef verifies the endpoint, insecureSkipTLSVerify turns "
+            "verification off: set one, not both",
+        },
+    )
 
     bucket: str | None = field(
         "Bucket name.", default=None, pattern=v.BUCKET_PATTERN, maxLength=63
@@ -125,6 +157,17 @@ class StorageSpec:
     )
     server_side_encryption: ServerSideEncryption | None = field(
         "Server-side encryption of the artifacts.", default=None
+    )
+    ca_bundle_secret_ref: SecretKeyRef | None = field(
+        "Secret key holding the PEM CA certificate(s) that sign an https endpoint's "
+        "certificate (a private CA). Used by the Jobs (mounted as a file) and by the "
+        "operator's own S3 calls. Absent: the system's trusted CAs.", default=None
+    )
+    insecure_skip_tls_verify: bool | None = field(
+        "LAB ONLY, INSECURE: do not verify the endpoint's TLS certificate, so anyone on the "
+        "path can read and alter backups and capture the S3 credentials. Warned about in "
+        "status.warnings and a Warning Event. Use caBundleSecretRef instead.",
+        default=None, json="insecureSkipTLSVerify"
     )
 
 
@@ -248,6 +291,7 @@ class DatabaseSpec:
     """The PostgreSQL database to dump."""
 
     __cel__ = (
+        *_DB_TLS_RULES,
         {
             "rule": "!has(self.jobs) || self.jobs == 1 || (has(self.format)"
             " && self.format == 'directory')",
@@ -268,6 +312,15 @@ class DatabaseSpec:
         "Secret key holding the role's password.", default=None
     )
     ssl_mode: SslMode | None = field("libpq sslmode. Default prefer.", default=None)
+    ssl_root_cert_secret_ref: SecretKeyRef | None = field(
+        "Secret key holding the PEM CA certificate(s) of the server (libpq sslrootcert), "
+        "for sslMode verify-ca or verify-full.", default=None
+    )
+    client_cert_secret_ref: ClientCertSecretRef | None = field(
+        "A kubernetes.io/tls Secret with a client certificate and key (libpq sslcert and "
+        "sslkey): certificate authentication (pg_hba `cert`), with or without a password.",
+        default=None
+    )
     format: DumpFormat = field(
         "pg_dump format: custom (default; restored with pg_restore, in parallel with the "
         "Restore's database.jobs; single tables only by hand, docs/manual-restore.md), plain "
@@ -512,6 +565,7 @@ class RestoreDatabaseTarget:
     """Where the database is restored; unset fields: the backup's database."""
 
     __cel__ = (
+        *_DB_TLS_RULES,
         {
             "rule": "!has(self.owner) || (has(self.createDatabase) && self.createDatabase)",
             "message": "owner applies to a database the restore creates: set createDatabase",
@@ -538,6 +592,14 @@ class RestoreDatabaseTarget:
     password_secret_ref: SecretKeyRef | None = field("Secret key holding the password.",
                                                      default=None)
     ssl_mode: SslMode | None = field("libpq sslmode.", default=None)
+    ssl_root_cert_secret_ref: SecretKeyRef | None = field(
+        "Secret key holding the server's PEM CA certificate(s) (libpq sslrootcert).",
+        default=None
+    )
+    client_cert_secret_ref: ClientCertSecretRef | None = field(
+        "A kubernetes.io/tls Secret with a client certificate and key (libpq sslcert and "
+        "sslkey).", default=None
+    )
     create_database: bool = field("Create the database if it does not exist.", default=False)
     owner: str | None = field(
         "Role that owns the database createDatabase creates, like the guide's "
@@ -769,6 +831,9 @@ class RunStatus(ObservedStatus):
         maxLength=1024)
     start_time: str | None = field("When it started.", default=None, **_TIME)
     completion_time: str | None = field("When it ended.", default=None, **_TIME)
+    warnings: list[str] | None = field(
+        "Settings that weaken its security, e.g. storage.insecureSkipTLSVerify.",
+        default=None, maxItems=8, items_maxLength=1024)
 
 
 @dataclass(kw_only=True)

@@ -84,8 +84,10 @@ def missing_fields(spec: models.BackupSpec) -> list[str]:
     if "database" in spec.components:
         db = spec.database or models.DatabaseSpec()
         missing += [f"database.{n}" for n, v in
-                    (("host", db.host), ("name", db.name), ("user", db.user),
-                     ("passwordSecretRef", db.password_secret_ref)) if v is None]
+                    (("host", db.host), ("name", db.name), ("user", db.user)) if v is None]
+        # Certificate authentication (pg_hba `cert`) needs no password.
+        if db.password_secret_ref is None and db.client_cert_secret_ref is None:
+            missing.append("database.passwordSecretRef (or clientCertSecretRef)")
     if "uploads" in spec.components and (spec.uploads is None or not spec.uploads.claim_name):
         missing.append("uploads.claimName")
     if spec.storage is None or not spec.storage.bucket:

@@ -26,7 +26,7 @@ from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.api.validation import SYSTEM_DATABASES
 from timesheet_backup.constants import AGE_IDENTITY_ENV
 from timesheet_backup.jobs import agent_args
-from timesheet_backup.jobs.pod import required_secrets, secret_env, storage_env
+from timesheet_backup.jobs.pod import SecretVolume, required_secrets, secret_env, storage_env
 from timesheet_backup.schedule import cron
 
 # The kinds the webhook is registered for, with the spec model each one parses into.
@@ -109,20 +109,27 @@ def secrets_needed(kind: str, spec: Mapping[str, Any] | None, defaults: Defaults
         what = "each Backup of this schedule" if kind == c.KIND_SCHEDULE else "this Backup"
         return required_secrets(extra), [
             f"with the operator's current defaults {what} would fail: {exc}"]
-    return required_secrets(agent_args.backup_env(resolved) + extra), []
+    return required_secrets(agent_args.backup_env(resolved) + extra,
+                            agent_args.backup_volumes(resolved)), []
 
 
 def _restore_secrets(spec: models.RestoreSpec) -> list[tuple[str, str]]:
     # Only what the spec names itself: the rest comes from the Backup, which the operator
     # checks when the Restore starts (SecretMissing).
     env: list[dict[str, Any]] = []
-    if spec.database and spec.database.password_secret_ref:
-        env += secret_env("PGPASSWORD", spec.database.password_secret_ref)
+    volumes: list[SecretVolume] = []
+    if spec.database:
+        if spec.database.password_secret_ref:
+            env += secret_env("PGPASSWORD", spec.database.password_secret_ref)
+        tls_env, volumes = agent_args.database_tls(spec.database.ssl_root_cert_secret_ref,
+                                                   spec.database.client_cert_secret_ref)
+        env += tls_env
     if spec.source:
         env += storage_env(spec.source.storage)
+        volumes += agent_args.storage_volumes(spec.source.storage)
     if spec.decryption:
         env += secret_env(AGE_IDENTITY_ENV, spec.decryption.secret_ref)
-    return required_secrets(env)
+    return required_secrets(env, volumes)
 
 
 def verdict(refused: str | None, missing_secrets: Sequence[str],

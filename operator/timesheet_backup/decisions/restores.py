@@ -30,7 +30,9 @@ BEFORE_QUIESCE = ("resolve", "wait")
 # The reason a failed Job gives its step (a vanished Job keeps JobMissing, as for a Backup).
 JOB_FAILURE = {"restore": "RestoreJobFailed", "hooks": "HookFailed", "verify": "VerificationFailed"}
 # Restore fields taken from the backup's database; the rest (format, tables...) are the dump's.
-CONNECTION_FIELDS = ("host", "port", "name", "user", "passwordSecretRef", "sslMode")
+# The TLS Secrets go with them: a verification Restore reaches the database as its backup did.
+CONNECTION_FIELDS = ("host", "port", "name", "user", "passwordSecretRef", "sslMode",
+                     "sslRootCertSecretRef", "clientCertSecretRef")
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 FINISHED_JOB_CONDITIONS = frozenset({"Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"})
 # On a quiesced Deployment: its replicas before the restore, and the Restore that holds it.
@@ -225,8 +227,9 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
     target_uploads = deep_merge(uploads, dump(spec.uploads) if spec.uploads else {})
     missing = []
     if "database" in components:
-        missing += [f"database.{k}" for k in ("host", "name", "user", "passwordSecretRef")
-                    if not target_db.get(k)]
+        missing += [f"database.{k}" for k in ("host", "name", "user") if not target_db.get(k)]
+        if not (target_db.get("passwordSecretRef") or target_db.get("clientCertSecretRef")):
+            missing.append("database.passwordSecretRef (or clientCertSecretRef)")
     if "uploads" in components and not target_uploads.get("claimName"):
         missing.append("uploads.claimName")
     if missing:

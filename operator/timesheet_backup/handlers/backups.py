@@ -22,6 +22,7 @@ from timesheet_backup.handlers.common import (
     config,
     database_target,
     enter,
+    insecure_settings,
     job_identity,
     lock_database,
     missing_secrets,
@@ -33,7 +34,6 @@ from timesheet_backup.handlers.common import (
 from timesheet_backup.jobs import agent_args
 from timesheet_backup.jobs.manifests import backup_job, uploads_claim
 from timesheet_backup.jobs.outcome import job_outcome
-from timesheet_backup.jobs.pod import required_secrets
 from timesheet_backup.status import human_size, parse_time, timestamp
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as manifests
@@ -64,7 +64,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     except (ResolveError, SpecError, ConfigError) as exc:
         enter(body, patch, "Failed", "InvalidSpec", str(exc), Status(), event="Warning")
         return
-    problems = missing_secrets(namespace, required_secrets(agent_args.backup_env(spec)))
+    problems = missing_secrets(namespace, agent_args.backup_secrets(spec))
     if problems:
         enter(body, patch, "Failed", "SecretMissing", "; ".join(problems), Status(),
               event="Warning")
@@ -85,6 +85,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     job_name = manifest["metadata"]["name"]
     enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started", Status(
         job_name=job_name, start_time=timestamp(now()), backup_id=meta["uid"],
+        warnings=insecure_settings(body, spec.storage),
         job_identity=chosen.description,
         manifest_key=manifest_key, components=",".join(spec.components),
         database_target=target, resolved=dump(spec),

@@ -11,11 +11,12 @@ from botocore.exceptions import ClientError
 from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.storage.layout import dir_of_manifest
-from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store
+from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store, ca_bundle_file
 
 
 def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
-    """Raises LookupError for a missing Secret, StorageError for a bad bucket setting."""
+    """Raises LookupError for a missing Secret, StorageError for a bad bucket setting,
+    ConfigError for a CA bundle without a certificate."""
     creds = None
     ref = storage.credentials_secret_ref
     if ref is not None:
@@ -26,6 +27,8 @@ def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
             session_token=(kube.read_secret_key(namespace, ref.name, ref.session_token_key)
                            if ref.session_token_key else None),
         )
+    # The same CA as the Jobs trust (a file, since botocore takes a path).
+    ca = storage.ca_bundle_secret_ref
     settings = S3Settings(
         bucket=storage.bucket or "",
         prefix=storage.prefix or "",
@@ -33,6 +36,9 @@ def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
         endpoint=storage.endpoint,
         force_path_style=bool(storage.force_path_style),
         max_attempts=3,
+        ca_bundle=(ca_bundle_file(kube.read_secret_key(namespace, ca.name, ca.key))
+                   if ca is not None else None),
+        verify_tls=not (ca is None and storage.insecure_skip_tls_verify),
     )
     return S3Store(settings, credentials=creds)
 

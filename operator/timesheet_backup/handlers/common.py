@@ -85,6 +85,20 @@ def conditions(items: Sequence[Mapping[str, Any]]) -> list[models.Condition]:
     return [parse(models.Condition, item, "status.conditions") for item in items]
 
 
+def insecure_settings(body: Mapping[str, Any], storage: models.StorageSpec | None
+                      ) -> list[str] | None:
+    """Say loudly, as a Warning Event, that the Job will not verify the object store's
+    certificate; returns the lines for status.warnings (None: nothing to warn about)."""
+    if storage is None or not storage.insecure_skip_tls_verify or storage.ca_bundle_secret_ref:
+        return None
+    message = (f"storage.insecureSkipTLSVerify is set: the TLS certificate of "
+               f"{storage.endpoint or 'the S3 endpoint'} is NOT verified, so anyone on the "
+               f"network path can read and alter backups and capture the S3 credentials "
+               f"(labs only; use storage.caBundleSecretRef)")
+    post_event(body, "Warning", "InsecureSkipTLSVerify", message)
+    return [message]
+
+
 def post_event(body: Mapping[str, Any], type_: Literal["Normal", "Warning"] | str, reason: str,
                message: str) -> None:
     """A Kubernetes Event on the object (kopf posts it asynchronously, with retries)."""

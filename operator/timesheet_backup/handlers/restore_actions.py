@@ -31,7 +31,7 @@ from timesheet_backup.handlers.common import (
     write,
 )
 from timesheet_backup.jobs import agent_args, identity
-from timesheet_backup.jobs.pod import job_settings, required_secrets
+from timesheet_backup.jobs.pod import job_settings
 from timesheet_backup.storage import manifest as mf
 
 Status = models.RestoreStatus
@@ -65,8 +65,7 @@ def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
 def secret_problems(namespace: str, spec: models.RestoreSpec,
                     resolved: Mapping[str, Any]) -> list[str]:
     """What is missing of the Secrets the restore Job needs (empty: all there)."""
-    return missing_secrets(namespace,
-                           required_secrets(agent_args.restore_env(spec, resolved)))
+    return missing_secrets(namespace, agent_args.restore_secrets(spec, resolved))
 
 
 def quiesce(namespace: str, restore: str, names: list[str]

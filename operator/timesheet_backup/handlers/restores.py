@@ -20,13 +20,14 @@ from timesheet_backup.handlers.common import (
     config,
     database_target,
     enter,
+    insecure_settings,
     lock_database,
     not_terminal,
     now,
     write,
 )
 from timesheet_backup.handlers.restore_actions import Run, Status
-from timesheet_backup.jobs import manifests
+from timesheet_backup.jobs import agent_args, manifests
 from timesheet_backup.jobs.pod import child_name
 from timesheet_backup.status import timestamp
 
@@ -89,7 +90,8 @@ def restore(run: Run) -> None:
     decision = run.job("restore", child_name(run.name, "restore"))
     if decision.action == "create":
         chosen = actions.restore_identity(run.body, run.spec, resolved)
-        write(run.patch, Status(job_identity=chosen.description))
+        warnings = insecure_settings(run.body, agent_args.restore_storage(resolved))
+        write(run.patch, Status(job_identity=chosen.description, warnings=warnings))
         run.start_job(manifests.restore_job(run.body, run.spec, resolved, config(),
                                             chosen.security_context))
     elif decision.action == "done":

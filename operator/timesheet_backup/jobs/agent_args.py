@@ -1,7 +1,8 @@
-"""The agent's command lines and environment for a resolved spec (pure).
+"""The agent's command lines, environment and Secret files for a resolved spec (pure).
 
 Argument lists only, `--flag=value` for every user-controlled value, so a value that starts
-with `-` can never be read as a flag; Secrets reach the agent only as env references."""
+with `-` can never be read as a flag; Secrets reach the agent only as env references or as
+files in read-only volumes (certificates and keys: only their paths are in args or env)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,61 @@ from typing import Any
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.constants import AGE_IDENTITY_ENV
-from timesheet_backup.jobs.pod import SCRATCH_MOUNT, UPLOADS_MOUNT, secret_env, storage_env
+from timesheet_backup.jobs.pod import (
+    SCRATCH_MOUNT,
+    TLS_MOUNT_ROOT,
+    UPLOADS_MOUNT,
+    SecretFile,
+    SecretVolume,
+    required_secrets,
+    secret_env,
+    storage_env,
+)
 
 TERMINATION_LOG = "/dev/termination-log"
+
+
+S3_CA_VOLUME = SecretVolume("s3-ca", f"{TLS_MOUNT_ROOT}/s3-ca", ())
+PG_TLS_VOLUME = SecretVolume("postgres-tls", f"{TLS_MOUNT_ROOT}/postgres-tls", ())
+S3_CA_FILE = "ca.crt"
+PG_ROOT_CERT_FILE, PG_CERT_FILE, PG_KEY_FILE = "root.crt", "tls.crt", "tls.key"
+
+
+def storage_volumes(storage: models.StorageSpec | None) -> list[SecretVolume]:
+    ref = storage.ca_bundle_secret_ref if storage else None
+    if ref is None:
+        return []
+    return [SecretVolume(S3_CA_VOLUME.name, S3_CA_VOLUME.mount_path,
+                         (SecretFile(ref.name, ref.key, S3_CA_FILE),))]
+
+
+def storage_tls_args(storage: models.StorageSpec) -> list[str]:
+    """Paths only: the CA bundle is a file from storage_volumes."""
+    if storage.ca_bundle_secret_ref is not None:
+        return [f"--ca-bundle={S3_CA_VOLUME.path_of(S3_CA_FILE)}"]
+    if storage.insecure_skip_tls_verify:
+        return ["--insecure-skip-tls-verify"]
+    return []
+
+
+def database_tls(root_cert: models.SecretKeyRef | None,
+                 client_cert: models.ClientCertSecretRef | None
+                 ) -> tuple[list[dict[str, Any]], list[SecretVolume]]:
+    """libpq's PGSSLROOTCERT/PGSSLCERT/PGSSLKEY pointing at files of one read-only volume."""
+    files: list[SecretFile] = []
+    env: list[dict[str, Any]] = []
+    if root_cert is not None:
+        files.append(SecretFile(root_cert.name, root_cert.key, PG_ROOT_CERT_FILE))
+        env.append({"name": "PGSSLROOTCERT", "value": PG_TLS_VOLUME.path_of(PG_ROOT_CERT_FILE)})
+    if client_cert is not None:
+        files.append(SecretFile(client_cert.name, client_cert.certificate_key, PG_CERT_FILE))
+        files.append(SecretFile(client_cert.name, client_cert.private_key_key, PG_KEY_FILE,
+                                private=True))
+        env.append({"name": "PGSSLCERT", "value": PG_TLS_VOLUME.path_of(PG_CERT_FILE)})
+        env.append({"name": "PGSSLKEY", "value": PG_TLS_VOLUME.path_of(PG_KEY_FILE)})
+    if not files:
+        return [], []
+    return env, [SecretVolume(PG_TLS_VOLUME.name, PG_TLS_VOLUME.mount_path, tuple(files))]
 
 
 def storage_args(storage: models.StorageSpec, *, writes: bool) -> list[str]:
@@ -24,6 +77,7 @@ def storage_args(storage: models.StorageSpec, *, writes: bool) -> list[str]:
         args.append(f"--endpoint={storage.endpoint}")
     if storage.force_path_style:
         args.append("--force-path-style")
+    args += storage_tls_args(storage)
     if writes:
         if storage.storage_class:
             args.append(f"--storage-class={storage.storage_class}")
@@ -82,9 +136,25 @@ def backup_env(spec: models.BackupSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if "database" in spec.components and spec.database:
         env += secret_env("PGPASSWORD", spec.database.password_secret_ref)
+        env += database_tls(spec.database.ssl_root_cert_secret_ref,
+                            spec.database.client_cert_secret_ref)[0]
     if spec.storage:
         env += storage_env(spec.storage)
     return env
+
+
+def backup_volumes(spec: models.BackupSpec) -> list[SecretVolume]:
+    """The Secret files of a backup Job: the S3 CA bundle, the database's certificates."""
+    volumes = storage_volumes(spec.storage)
+    if "database" in spec.components and spec.database:
+        volumes += database_tls(spec.database.ssl_root_cert_secret_ref,
+                                spec.database.client_cert_secret_ref)[1]
+    return volumes
+
+
+def backup_secrets(spec: models.BackupSpec) -> list[tuple[str, str]]:
+    """Every (Secret, key) the backup Job reads: its env and its Secret files."""
+    return required_secrets(backup_env(spec), backup_volumes(spec))
 
 
 def restore_targets(resolved: Mapping[str, Any]
@@ -140,12 +210,28 @@ def restore_env(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[d
     db, _ = restore_targets(resolved)
     if db:
         env += secret_env("PGPASSWORD", db.password_secret_ref)
+        env += database_tls(db.ssl_root_cert_secret_ref, db.client_cert_secret_ref)[0]
     env += storage_env(restore_storage(resolved))
     # The key only when the artifacts need it: a Secret the agent would not read must not
     # keep its pod from starting (nor fail the Restore as SecretMissing).
     if spec.decryption and resolved.get("encrypted"):
         env += secret_env(AGE_IDENTITY_ENV, spec.decryption.secret_ref)
     return env
+
+
+def restore_volumes(resolved: Mapping[str, Any]) -> list[SecretVolume]:
+    """The Secret files of a restore Job: the S3 CA bundle, the target's certificates."""
+    volumes = storage_volumes(restore_storage(resolved))
+    db, _ = restore_targets(resolved)
+    if db:
+        volumes += database_tls(db.ssl_root_cert_secret_ref, db.client_cert_secret_ref)[1]
+    return volumes
+
+
+def restore_secrets(spec: models.RestoreSpec, resolved: Mapping[str, Any]
+                    ) -> list[tuple[str, str]]:
+    """Every (Secret, key) the restore Job reads: its env and its Secret files."""
+    return required_secrets(restore_env(spec, resolved), restore_volumes(resolved))
 
 
 def http_check_args(check: models.HttpCheck) -> list[str]:

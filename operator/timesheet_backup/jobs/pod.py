@@ -1,4 +1,5 @@
-"""Job manifests for the agent (pure): restricted pod security, Secrets only as env refs.
+"""Job manifests for the agent (pure): restricted pod security, Secrets only as env refs or
+read-only files.
 
 Every Job the operator creates (backup, restore, hook, verify) goes through `agent_job`, so
 the security defaults live in one place: non-root, read-only root filesystem, all
@@ -26,6 +27,16 @@ UPLOADS_MOUNT = "/data/uploads"
 # Scratch space (an emptyDir; TMPDIR points there). Not /tmp: a volume over /tmp would also
 # hide whatever lives below it, which on the e2e harness includes the agent's own code.
 SCRATCH_MOUNT = "/scratch"
+# Certificates and keys from Secrets, mounted read-only (jobs/agent_args.py says which).
+TLS_MOUNT_ROOT = "/etc/timesheet-backup"
+# Modes of files from Secrets. A Secret volume's files belong to root (group: the pod's
+# fsGroup, when it has one), never to the agent's uid: a private key of mode 0400 would be
+# unreadable. So the key is group-readable for an fsGroup, else readable in the container
+# (only the agent runs there), and the agent copies it to its scratch space with mode 0600
+# before libpq sees it (agent/tlsfiles.py).
+PUBLIC_FILE_MODE = 0o444
+PRIVATE_KEY_MODE_FS_GROUP = 0o440
+PRIVATE_KEY_MODE_NO_FS_GROUP = 0o444
 DEFAULT_DEADLINE_SECONDS = 3600
 DEFAULT_BACKOFF_LIMIT = 1
 MAX_NAME = 63
@@ -52,16 +63,60 @@ def secret_env(name: str, ref: models.SecretKeyRef | None, optional: bool = Fals
     return [{"name": name, "valueFrom": {"secretKeyRef": selector}}]
 
 
-def required_secrets(env: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(secret, key) pairs a container's `env` reads and cannot start without: the one list of
-    Secrets a Backup or Restore checks up front (SecretMissing) instead of leaving a pod in
-    CreateContainerConfigError. Taken from the env the Job gets, so it cannot drift from it."""
+@dataclass(frozen=True)
+class SecretFile:
+    """One key of a Secret as a file `path` (relative to its volume's mount)."""
+
+    secret: str
+    key: str
+    path: str
+    private: bool = False  # a private key: see PRIVATE_KEY_MODE_*
+
+
+@dataclass(frozen=True)
+class SecretVolume:
+    """Keys of Secrets mounted read-only as files (a projected volume)."""
+
+    name: str
+    mount_path: str
+    files: tuple[SecretFile, ...]
+
+    def path_of(self, path: str) -> str:
+        return f"{self.mount_path}/{path}"
+
+
+def required_secrets(env: Sequence[Mapping[str, Any]],
+                     volumes: Sequence[SecretVolume] = ()) -> list[tuple[str, str]]:
+    """(secret, key) pairs a container's `env` and Secret `volumes` read and cannot start
+    without: the one list of Secrets a Backup or Restore checks up front (SecretMissing)
+    instead of leaving a pod in CreateContainerConfigError or ContainerCreating. Taken from
+    the env and volumes the Job gets, so it cannot drift from them."""
     refs: list[tuple[str, str]] = []
     for entry in env:
         ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
         if ref and not ref.get("optional") and (ref["name"], ref["key"]) not in refs:
             refs.append((ref["name"], ref["key"]))
+    for volume in volumes:
+        for f in volume.files:
+            if (f.secret, f.key) not in refs:
+                refs.append((f.secret, f.key))
     return refs
+
+
+def secret_volume(volume: SecretVolume, pod_security: Mapping[str, Any]) -> dict[str, Any]:
+    """The projected volume of `volume`, one source per Secret, keys as items."""
+    key_mode = (PRIVATE_KEY_MODE_FS_GROUP if pod_security.get("fsGroup") is not None
+                else PRIVATE_KEY_MODE_NO_FS_GROUP)
+    by_secret: dict[str, list[dict[str, Any]]] = {}
+    for f in volume.files:
+        item: dict[str, Any] = {"key": f.key, "path": f.path}
+        if f.private:
+            item["mode"] = key_mode
+        by_secret.setdefault(f.secret, []).append(item)
+    return {"name": volume.name, "projected": {
+        "defaultMode": PUBLIC_FILE_MODE,
+        "sources": [{"secret": {"name": name, "items": items}}
+                    for name, items in by_secret.items()]}}
 
 
 def storage_env(storage: models.StorageSpec) -> list[dict[str, Any]]:
@@ -111,6 +166,7 @@ class AgentJob:
     args: Sequence[str]
     env: Sequence[Mapping[str, Any]] = ()
     volumes: Sequence[PodVolume] = ()
+    secret_volumes: Sequence[SecretVolume] = ()
     job: models.JobSpec = field(default_factory=models.JobSpec)
     run_on_node: str | None = None
     image: str | None = None
@@ -175,6 +231,9 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         mounts.append(mount)
         volumes.append({"name": v.name, "persistentVolumeClaim": {
             "claimName": v.claim_name, "readOnly": v.read_only}})
+    for sv in spec.secret_volumes:
+        mounts.append({"name": sv.name, "mountPath": sv.mount_path, "readOnly": True})
+        volumes.append(secret_volume(sv, pod_security))
     container: dict[str, Any] = {
         "name": "agent",
         "image": spec.image or config.image,

@@ -8,13 +8,18 @@ identity (IRSA) when those are absent.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
+import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import boto3
@@ -28,6 +33,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import InsecureRequestWarning
 
 from timesheet_backup.api.enums import SSE_TYPES
 from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
@@ -71,10 +77,18 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     checksums: bool = True
+    # TLS: a PEM file of CA certificates to trust instead of the system's (a private CA);
+    # verify_tls False turns verification off (storage.insecureSkipTLSVerify, labs only).
+    ca_bundle: str | None = None
+    verify_tls: bool = True
 
     def validate(self) -> None:
         if not self.bucket:
             raise ConfigError("a bucket is required (--bucket)")
+        if self.ca_bundle and not self.verify_tls:
+            raise ConfigError("--ca-bundle and --insecure-skip-tls-verify contradict each other")
+        if self.ca_bundle:
+            check_ca_bundle(self.ca_bundle)
         if self.sse is not None and self.sse not in SSE_TYPES:
             raise ConfigError(f"--sse must be one of {', '.join(SSE_TYPES)}, not {self.sse!r}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
@@ -87,6 +101,42 @@ class S3Settings:
             raise ConfigError("--part-size must be between 5 MiB and 5 GiB")
         if not 1 <= self.concurrency <= 64:
             raise ConfigError("--concurrency must be between 1 and 64")
+
+
+PEM_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
+# The operator's copies of CA bundles read from Secrets (ca_bundle_file): one private
+# directory per process, one file per distinct bundle.
+_ca_dir: str | None = None
+
+
+def check_ca_bundle(path: str) -> None:
+    """A readable file with at least one PEM certificate, or a ConfigError saying which."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the S3 CA bundle {path}: {exc.strerror}") from None
+    if PEM_CERTIFICATE not in text:
+        raise ConfigError(f"the S3 CA bundle {path} holds no PEM certificate "
+                          f"({PEM_CERTIFICATE} ...)")
+
+
+def ca_bundle_file(pem: str) -> str:
+    """A private file holding `pem` (read from a Secret by the operator) for botocore's
+    `verify=`, which takes a path: in a 0700 directory of its own, mode 0600, named by the
+    content's hash so every bucket with the same CA shares one file and nothing piles up."""
+    global _ca_dir
+    if PEM_CERTIFICATE not in pem:
+        raise ConfigError(f"the S3 CA bundle holds no PEM certificate ({PEM_CERTIFICATE} ...)")
+    if _ca_dir is None or not os.path.isdir(_ca_dir):
+        _ca_dir = tempfile.mkdtemp(prefix="tsb-s3-ca-")
+    path = os.path.join(_ca_dir, hashlib.sha256(pem.encode()).hexdigest()[:32] + ".pem")
+    if not os.path.exists(path):
+        staging = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(pem)
+        os.replace(staging, path)  # atomic: a concurrent reader never sees half a bundle
+    return path
 
 
 @dataclass(frozen=True)
@@ -132,13 +182,26 @@ def make_client(settings: S3Settings, credentials: Credentials | None = None) ->
         if credentials is not None
         else boto3.session.Session()
     )
+    verify: str | bool | None = None  # botocore's default: the system's CAs
+    if settings.ca_bundle:
+        verify = settings.ca_bundle
+    elif not settings.verify_tls:
+        verify = False
+        _warn_insecure(settings.endpoint)
     try:
         client: S3Client = session.client(
-            "s3", endpoint_url=settings.endpoint or None, config=config
+            "s3", endpoint_url=settings.endpoint or None, config=config, verify=verify
         )
     except (BotoCoreError, ValueError) as exc:
         raise StorageError(f"cannot create an S3 client: {exc}") from exc
     return client
+
+
+def _warn_insecure(endpoint: str | None) -> None:
+    """Once per client, not urllib3's warning on every request."""
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    log.warning("TLS verification of %s is OFF (insecureSkipTLSVerify): anyone on the path "
+                "can read and alter backups and capture the S3 credentials", endpoint or "S3")
 
 
 @dataclass(frozen=True)
