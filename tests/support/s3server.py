@@ -141,8 +141,14 @@ class S3Server:
     ``sidecar_dir`` (None when xattrs hold the metadata), ``log_path``.
     """
 
-    def __init__(self, *, binary: str | Path | None = None, port: int | None = None) -> None:
+    def __init__(self, *, binary: str | Path | None = None, port: int | None = None,
+                 versioning: bool = False) -> None:
         self.binary = Path(binary) if binary else find_tool("versitygw")
+        # versitygw's POSIX backend versions buckets only with --versioning-dir; without it
+        # an Object Lock bucket is unversioned (locked objects refuse plain deletes), with it
+        # the bucket behaves as on AWS (a plain delete adds a delete marker, the locked
+        # version stays and refuses deletion).
+        self.versioning = versioning
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.region = REGION
@@ -177,6 +183,10 @@ class S3Server:
         ]
         if self.sidecar_dir is not None:
             argv += ["--sidecar", str(self.sidecar_dir)]
+        if self.versioning:
+            versions = self.base_dir / "versions"
+            versions.mkdir(exist_ok=True)
+            argv += ["--versioning-dir", str(versions)]
         argv.append(str(self.root_dir))
         # Credentials travel in the environment, not in argv (visible to every local user).
         env = {
