@@ -145,13 +145,18 @@ class S3Server:
 
     def __init__(self, *, binary: str | Path | None = None, port: int | None = None,
                  tls: CertFiles | None = None, ca_bundle: Path | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", versioning: bool = False) -> None:
         """`tls`: serve https with this certificate (its CA's file is `ca_bundle`, which the
         test client trusts)."""
         self.binary = Path(binary) if binary else find_tool("versitygw")
         self.tls = tls
         self.ca_bundle = ca_bundle
-        self.host = "127.0.0.1"
+        # versitygw's POSIX backend versions buckets only with --versioning-dir; without it
+        # an Object Lock bucket is unversioned (locked objects refuse plain deletes), with it
+        # the bucket behaves as on AWS (a plain delete adds a delete marker, the locked
+        # version stays and refuses deletion).
+        self.versioning = versioning
+        self.host = host
         self.port = port or free_port()
         self.region = REGION
         # versitygw's own rules for keys are loose; stay inside what AWS would issue.
@@ -188,6 +193,10 @@ class S3Server:
             argv[1:1] = ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         if self.sidecar_dir is not None:
             argv += ["--sidecar", str(self.sidecar_dir)]
+        if self.versioning:
+            versions = self.base_dir / "versions"
+            versions.mkdir(exist_ok=True)
+            argv += ["--versioning-dir", str(versions)]
         argv.append(str(self.root_dir))
         # Credentials travel in the environment, not in argv (visible to every local user).
         env = {

@@ -19,18 +19,19 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from timesheet_backup import __version__
 from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstream
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
+from timesheet_backup.api.enums import OBJECT_LOCK_MODES
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.errors import ConfigError, FilesystemError, StorageError
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as mf
-from timesheet_backup.storage.s3 import S3Store
+from timesheet_backup.storage.s3 import ObjectLock, S3Store
 from timesheet_backup.storage.uploader import UploadResult
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,15 @@ class BackupRequest:
     uploads_exclude: tuple[str, ...] = ()
     work_dir: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # S3 Object Lock: every object is retained `object_lock_days` after the backup started.
+    object_lock_mode: str | None = None
+    object_lock_days: int | None = None
+
+    def object_lock(self, start: datetime) -> ObjectLock | None:
+        if self.object_lock_mode is None:
+            return None
+        return ObjectLock(self.object_lock_mode, start.replace(microsecond=0)
+                          + timedelta(days=self.object_lock_days or 0))
 
     def validate(self) -> None:
         if not self.components:
@@ -71,6 +81,13 @@ class BackupRequest:
             raise ConfigError("the uploads component needs --uploads-dir")
         streams.check_level(self.compression, self.compression_level)
         streams.parse_recipients(self.recipients)
+        if (self.object_lock_mode is None) != (self.object_lock_days is None):
+            raise ConfigError("--object-lock-mode and --object-lock-days go together")
+        if self.object_lock_mode is not None and \
+                self.object_lock_mode not in OBJECT_LOCK_MODES:
+            raise ConfigError(f"--object-lock-mode must be one of {', '.join(OBJECT_LOCK_MODES)}")
+        if self.object_lock_days is not None and self.object_lock_days < 1:
+            raise ConfigError("--object-lock-days must be at least 1")
 
 
 def _stream_to_store(
@@ -78,11 +95,12 @@ def _stream_to_store(
     key: str,
     request: BackupRequest,
     produce: Callable[[streams.Sink], T],
+    lock: ObjectLock | None = None,
 ) -> tuple[UploadResult, tuple[str, ...], T]:
     """Run `produce(sink)` with sink = compress -> [encrypt] -> multipart upload; complete
     and verify the upload. Any exception aborts the upload."""
     started = time.monotonic()
-    with store.uploader(key) as uploader:
+    with store.uploader(key, lock=lock) as uploader:
         encryptor = (
             streams.AgeEncryptor(streams.parse_recipients(request.recipients), uploader)
             if request.recipients
@@ -101,7 +119,7 @@ def _stream_to_store(
                 encryptor.abort()
             raise
         result = uploader.finish()
-    verified = store.verify(result)
+    verified = store.verify(result, lock)
     elapsed = max(time.monotonic() - started, 0.001)
     log.info(
         "uploaded s3://%s/%s: %d bytes in %d parts, %.1f MiB/s, verified %s",
@@ -117,7 +135,7 @@ def _stream_to_store(
 
 def _dump_database(
     store: S3Store, request: BackupRequest, key: str, server_version: str, dump_version: str,
-    dump_bin: Path | None = None,
+    dump_bin: Path | None = None, lock: ObjectLock | None = None,
 ) -> mf.Artifact:
     conn = request.database
     if conn is None:
@@ -143,13 +161,13 @@ def _dump_database(
             postgres.Tool(clients.located(pgtools.pg_dump_args(conn, options, str(out)),
                                           dump_bin), env=env).check()
             result, verified, _ = _stream_to_store(
-                store, key, request, lambda sink: tarstream.write_tar(out, sink)
+                store, key, request, lambda sink: tarstream.write_tar(out, sink), lock
             )
     else:
         log.info(
             "dumping %s (%s format) to s3://%s/%s", conn.dbname, options.format, store.bucket, key
         )
-        result, verified, _ = _stream_to_store(store, key, request, stream_dump)
+        result, verified, _ = _stream_to_store(store, key, request, stream_dump, lock)
     return mf.Artifact(
         component=COMPONENT_DATABASE,
         key=key,
@@ -170,13 +188,15 @@ def _dump_database(
     )
 
 
-def _archive_uploads(store: S3Store, request: BackupRequest, key: str) -> mf.Artifact:
+def _archive_uploads(store: S3Store, request: BackupRequest, key: str,
+                     lock: ObjectLock | None = None) -> mf.Artifact:
     root = request.uploads_dir
     if root is None:
         raise ConfigError("no uploads directory")
     log.info("archiving %s to s3://%s/%s", root, store.bucket, key)
     result, verified, stats = _stream_to_store(
-        store, key, request, lambda sink: tarstream.write_tar(root, sink, request.uploads_exclude)
+        store, key, request, lambda sink: tarstream.write_tar(root, sink, request.uploads_exclude),
+        lock,
     )
     log.info(
         "archived %d files, %d directories, %d symlinks, %d hard links (%d skipped, %d changed "
@@ -253,6 +273,9 @@ def run_backup(
         if not os.access(request.uploads_dir, os.R_OK | os.X_OK):
             raise FilesystemError(tarstream.unreadable_message(request.uploads_dir, ["."]))
     store.check_bucket()
+    lock = request.object_lock(start)
+    if lock is not None:
+        store.check_object_lock()
     existing = _check_existing(store, manifest_key, request.backup_id)
     if existing is not None:
         log.info("backup %s is already complete at %s", request.backup_id, manifest_key)
@@ -267,11 +290,11 @@ def run_backup(
             )
             written.append(key)
             artifacts.append(_dump_database(store, request, key, server_version, dump_version,
-                                            dump_bin))
+                                            dump_bin, lock))
         if COMPONENT_UPLOADS in request.components:
             key = directory + layout.uploads_artifact_name(request.compression, encrypted)
             written.append(key)
-            artifacts.append(_archive_uploads(store, request, key))
+            artifacts.append(_archive_uploads(store, request, key, lock))
         manifest = mf.Manifest(
             backup_id=request.backup_id,
             namespace=request.namespace,
@@ -281,11 +304,20 @@ def run_backup(
             agent_version=__version__,
             artifacts=tuple(artifacts),
             labels=dict(request.labels),
+            lock_mode=lock.mode if lock else None,
+            locked_until=lock.retain_until if lock else None,
         )
         written.append(manifest_key)
-        store.write_bytes(manifest_key, mf.dumps(manifest), "application/json")
+        store.write_bytes(manifest_key, mf.dumps(manifest), "application/json", lock)
     except BaseException:
-        _delete_quietly(store, written)
+        if lock is None:
+            _delete_quietly(store, written)
+        else:
+            # Locked objects cannot be deleted (a store would refuse, or hide them behind a
+            # delete marker); without a manifest they are never a backup.
+            log.warning("the objects this failed backup wrote are locked until %s and stay "
+                        "in the bucket (no manifest: never a backup): %s",
+                        lock.retain_until.isoformat(), ", ".join(written))
         raise
     log.info("backup %s complete: s3://%s/%s", request.backup_id, store.bucket, manifest_key)
     return manifest, manifest_key

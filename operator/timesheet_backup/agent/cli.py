@@ -28,6 +28,7 @@ from timesheet_backup.agent.redact import RedactingFilter, Redactor, secrets_fro
 from timesheet_backup.api.enums import (
     COMPRESSIONS,
     DUMP_FORMATS,
+    OBJECT_LOCK_MODES,
     SSE_TYPES,
     SSL_MODES,
     UPLOADS_MODES,
@@ -266,6 +267,12 @@ def add_parsers(commands: Any) -> None:
         default=[],
         help="KEY=VALUE recorded in the manifest; repeatable",
     )
+    locking = backup.add_argument_group(
+        "object lock", "S3 Object Lock retention of every object (the bucket must have Object "
+        "Lock enabled)")
+    locking.add_argument("--object-lock-mode", default=None, choices=OBJECT_LOCK_MODES)
+    locking.add_argument("--object-lock-days", type=int, default=None,
+                         help="retain the objects this many days after the backup's start")
     _add_s3(backup, writes=True)
     _add_common(backup)
     backup.set_defaults(run=run_backup_command)
@@ -494,6 +501,8 @@ def backup_request(args: argparse.Namespace, env: Mapping[str, str]) -> BackupRe
         uploads_exclude=tuple(args.uploads_exclude),
         work_dir=args.work_dir,
         labels=dict(args.label),
+        object_lock_mode=args.object_lock_mode,
+        object_lock_days=args.object_lock_days,
     )
 
 

@@ -16,9 +16,11 @@ CompressionAlgorithm = Literal["zstd", "gzip", "none"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 UploadsMode = Literal["replace", "merge"]
 SseType = Literal["AES256", "aws:kms"]
+ObjectLockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 
 DUMP_FORMATS: Final[tuple[str, ...]] = get_args(DumpFormat)
 COMPRESSIONS: Final[tuple[str, ...]] = get_args(CompressionAlgorithm)
 SSL_MODES: Final[tuple[str, ...]] = get_args(SslMode)
 UPLOADS_MODES: Final[tuple[str, ...]] = get_args(UploadsMode)
 SSE_TYPES: Final[tuple[str, ...]] = get_args(SseType)
+OBJECT_LOCK_MODES: Final[tuple[str, ...]] = get_args(ObjectLockMode)

@@ -13,6 +13,7 @@ from timesheet_backup.api import validation as v
 from timesheet_backup.api.enums import (
     CompressionAlgorithm,
     DumpFormat,
+    ObjectLockMode,
     SseType,
     SslMode,
     UploadsMode,
@@ -107,6 +108,21 @@ class ServerSideEncryption:
 
 
 @dataclass(kw_only=True)
+class ObjectLockSpec:
+    """S3 Object Lock retention of every object of the Backup (the bucket must have been
+    created with Object Lock enabled). Until the date no one -- not the operator, not
+    retention, not a stolen key -- can delete or overwrite them (COMPLIANCE), or only a
+    principal allowed s3:BypassGovernanceRetention can (GOVERNANCE)."""
+
+    mode: ObjectLockMode = field(
+        "GOVERNANCE (a principal with s3:BypassGovernanceRetention can still delete) or "
+        "COMPLIANCE (no one can, not even the account's root user, until the date).")
+    days: int = field(
+        "Retain every object this many days after the backup started; retention and "
+        "deletionPolicy Delete wait until then.", minimum=1, maximum=36500)
+
+
+@dataclass(kw_only=True)
 class StorageSpec:
     """Where artifacts are stored: an S3 bucket (AWS or any S3-compatible store)."""
 
@@ -168,6 +184,9 @@ class StorageSpec:
         "path can read and alter backups and capture the S3 credentials. Warned about in "
         "status.warnings and a Warning Event. Use caBundleSecretRef instead.",
         default=None, json="insecureSkipTLSVerify"
+    )
+    object_lock: ObjectLockSpec | None = field(
+        "Object Lock retention of the artifacts and the manifest; absent: none.", default=None
     )
 
 
@@ -865,6 +884,9 @@ class BackupStatus(RunStatus):
     size_bytes: int | None = field("Total size of the artifacts.", default=None)
     size: str | None = field("Total size, human-readable.", default=None)
     artifacts: list[Artifact] | None = field("Objects in the bucket.", default=None, maxItems=4)
+    locked_until: str | None = field(
+        "Object Lock: the objects cannot be deleted before this time (from the manifest); "
+        "retention and deletionPolicy Delete wait until then.", default=None, **_TIME)
     resolved: Any = field("The settings used, after operator defaults.", default=None)
     verification: BackupVerification | None = field(
         "Restore tests of this Backup (set by its schedule's verification).", default=None)

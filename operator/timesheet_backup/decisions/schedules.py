@@ -166,6 +166,15 @@ def verification_marks(runs: Sequence[Mapping[str, Any]],
 READ_BY_RESTORE = "read by a running Restore"
 
 
+def locked_until(backup: Mapping[str, Any]) -> datetime | None:
+    """Until when the Backup's objects are under Object Lock (status.lockedUntil)."""
+    return parse_time((backup.get("status") or {}).get("lockedUntil"))
+
+
+def lock_reason(until: datetime) -> str:
+    return f"locked until {timestamp(until)}"
+
+
 @dataclass
 class RetentionPass:
     """What one retention pass does: delete `prune` (oldest first), post `event` (when
@@ -198,18 +207,29 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
     next run (`next_run`, assumed to succeed, unverified) would prune.
 
     A Backup that a running Restore reads (a restore test, or a restore of the app) is kept
-    whatever the policy: deleting it would delete the objects under the Restore's feet."""
+    whatever the policy: deleting it would delete the objects under the Restore's feet. So
+    is a Backup whose objects are under Object Lock (`status.lockedUntil` after `now`): the
+    store would refuse to delete them, so it is kept ("locked until ...") and pruned by the
+    first pass after the date that no rule keeps it."""
     if policy is None:
         return RetentionPass()
     reading = {(r.get("spec") or {}).get("backupName") for r in restores
                if (r.get("status") or {}).get("phase") not in TERMINAL_PHASES}
+    locks = {b["metadata"]["name"]: until for b in backups
+             if (until := locked_until(b)) is not None}
     records = backup_records(backups)
     decisions = retention.decide(records, policy, now, zone)
+
+    def hold(d: retention.Decision, reason: str) -> None:
+        d.reasons = d.reasons if d.keep else []
+        d.keep = True
+        d.reasons.append(reason)
+
     for d in decisions:
         if d.name in reading:
-            d.reasons = d.reasons if d.keep else []
-            d.keep = True
-            d.reasons.append(READ_BY_RESTORE)
+            hold(d, READ_BY_RESTORE)
+        if d.name in locks and locks[d.name] > now:
+            hold(d, lock_reason(locks[d.name]))
     kept = [d for d in decisions if d.keep]
     pruned = [d for d in reversed(decisions) if not d.keep]  # oldest first
     # Empty lists, not None: the status is written as a merge patch, where a list replaces
@@ -229,6 +249,7 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
                                           retention.SUCCEEDED, next_run)
         preview = [d for d in reversed(retention.decide([*survivors, upcoming], policy,
                                                         next_run, zone))
-                   if not d.keep and d.name not in reading]
+                   if not d.keep and d.name not in reading
+                   and not (d.name in locks and locks[d.name] > next_run)]
         status["nextPruned"] = _entries(preview)
     return result

@@ -15,6 +15,7 @@ from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.decisions.backups import deletion
 from timesheet_backup.errors import AgentError, ConfigError, MissingBucket
 from timesheet_backup.handlers import bucket
 from timesheet_backup.handlers.common import (
@@ -174,10 +175,24 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     if spec.deletion_policy == "Retain" or spec.storage is None:
         post_event(body, "Normal", reason="Retained", message="deletionPolicy Retain: objects kept")
         return
+    where = f"s3://{spec.storage.bucket}/{layout.dir_of_manifest(st['manifestKey'])}"
+    locked_until = parse_time(st.get("lockedUntil"))
+    step = deletion(locked_until, now(), where=where, current_message=st.get("message"),
+                    namespace_terminating=bool(locked_until) and
+                    kube.namespace_terminating(namespace))
+    if step.action == "release":
+        log.warning("backup %s/%s: %s", namespace, body["metadata"]["name"], step.message)
+        post_event(body, "Warning", "ObjectsLocked", step.message)
+        return
+    if step.action == "wait":
+        if step.event:
+            post_event(body, "Normal", "ObjectsLocked", step.message)
+        write(patch, Status(phase="Deleting", message=step.message))
+        raise kopf.TemporaryError(step.message, delay=step.delay)
     write(patch, Status(phase="Deleting", message="deleting the backup's objects"))
     try:
         count = bucket.delete_backup_objects(bucket.open_store(spec.storage, namespace),
-                                             st["manifestKey"])
+                                             st["manifestKey"], all_versions=step.all_versions)
     except MissingBucket as exc:
         post_event(body, "Normal", "Deleted", f"nothing to delete: {exc}")
         return

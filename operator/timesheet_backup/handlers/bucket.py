@@ -43,12 +43,24 @@ def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
     return S3Store(settings, credentials=creds)
 
 
-def delete_backup_objects(store: S3Store, manifest_key: str) -> int:
+def delete_backup_objects(store: S3Store, manifest_key: str, *, all_versions: bool = False
+                          ) -> int:
     """Delete every object in the backup's directory. The manifest goes first: it is the
     commit marker, so an interrupted delete leaves unreferenced leftovers (removed by the
     retry, which lists the directory) but never a manifest naming missing artifacts.
-    Returns how many objects were deleted."""
+    `all_versions` (an Object Lock bucket, versioned): every version and delete marker, so
+    nothing stays hidden and billed behind a delete marker.
+    Returns how many objects (or versions) were deleted."""
     directory = dir_of_manifest(manifest_key)
+    if all_versions:
+        versions = store.list_versions(directory)
+        first = [v for v in versions if v.key == manifest_key and not v.delete_marker]
+        if first:
+            store.delete_versions(first)
+        others = [v for v in versions if v not in first]
+        if others:
+            store.delete_versions(others)
+        return len(versions)
     keys = [o.key for o in store.list_objects(directory)]
     if manifest_key in keys:
         store.delete([manifest_key])

@@ -129,6 +129,9 @@ def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSp
             args += [f"--uploads-exclude={p}" for p in spec.uploads.exclude or []]
     if spec.storage:
         args += storage_args(spec.storage, writes=True)
+        lock = spec.storage.object_lock
+        if lock:
+            args += [f"--object-lock-mode={lock.mode}", f"--object-lock-days={lock.days}"]
     return args + common_args()
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from timesheet_backup.api.enums import COMPRESSIONS, DUMP_FORMATS
+from timesheet_backup.api.enums import COMPRESSIONS, DUMP_FORMATS, OBJECT_LOCK_MODES
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
 from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import layout
@@ -76,6 +76,9 @@ class Manifest:
     artifacts: tuple[Artifact, ...]
     source: str = "agent"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # S3 Object Lock of every object of the backup (manifest included), when asked for.
+    lock_mode: str | None = None
+    locked_until: datetime | None = None
 
     def artifact(self, component: str) -> Artifact | None:
         for artifact in self.artifacts:
@@ -139,7 +142,7 @@ def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
 
 
 def to_dict(manifest: Manifest) -> dict[str, Any]:
-    return {
+    out = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "backupId": manifest.backup_id,
@@ -152,6 +155,11 @@ def to_dict(manifest: Manifest) -> dict[str, Any]:
         "labels": dict(manifest.labels),
         "artifacts": [artifact_to_dict(a) for a in manifest.artifacts],
     }
+    if manifest.locked_until is not None:
+        # Only when set: a manifest without a lock stays readable by older agents.
+        out["objectLock"] = {"mode": manifest.lock_mode,
+                             "retainUntil": format_time(manifest.locked_until)}
+    return out
 
 
 def dumps(manifest: Manifest) -> bytes:
@@ -310,6 +318,12 @@ def from_dict(data: object) -> Manifest:
     components = [a.component for a in artifacts]
     if len(set(components)) != len(components):
         raise ManifestError("manifest: a component appears twice in artifacts")
+    lock_mode = locked_until = None
+    if f._get("objectLock", False) is not None:
+        lock = _Fields(f.data["objectLock"], "objectLock")
+        lock_mode = lock.req_str("mode", OBJECT_LOCK_MODES)
+        locked_until = lock.time("retainUntil")
+        lock.done()
     labels = f._get("labels", False) or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise ManifestError("manifest: labels must map strings to strings")
@@ -323,6 +337,8 @@ def from_dict(data: object) -> Manifest:
         agent_version=f.req_str("agentVersion"),
         labels=labels,
         artifacts=artifacts,
+        lock_mode=lock_mode,
+        locked_until=locked_until,
     )
     f.done()
     return manifest
@@ -373,7 +389,7 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
         elif a.component == COMPONENT_UPLOADS:
             item["fileCount"] = a.file_count
         artifacts.append(item)
-    return {
+    out: dict[str, Any] = {
         "backupId": manifest.backup_id,
         "manifestKey": manifest_key,
         "startTime": format_time(manifest.start_time),
@@ -381,3 +397,6 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
         "sizeBytes": manifest.size_bytes,
         "artifacts": artifacts,
     }
+    if manifest.locked_until is not None:
+        out["lockedUntil"] = format_time(manifest.locked_until)
+    return out

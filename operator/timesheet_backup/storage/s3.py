@@ -35,7 +35,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import InsecureRequestWarning
 
-from timesheet_backup.api.enums import SSE_TYPES
+from timesheet_backup.api.enums import OBJECT_LOCK_MODES, SSE_TYPES
 from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
 from timesheet_backup.storage import checksums, s3errors
 from timesheet_backup.storage.uploader import MultipartUploader, UploadResult
@@ -205,6 +205,54 @@ def _warn_insecure(endpoint: str | None) -> None:
 
 
 @dataclass(frozen=True)
+class ObjectLock:
+    """S3 Object Lock retention written with every object of a backup."""
+
+    mode: str
+    retain_until: datetime
+
+    def __post_init__(self) -> None:
+        if self.mode not in OBJECT_LOCK_MODES:
+            raise ConfigError(f"object lock mode must be one of {', '.join(OBJECT_LOCK_MODES)}")
+        if self.retain_until.tzinfo is None:
+            raise ValueError("the retain-until date must be timezone-aware")
+
+    def args(self) -> dict[str, Any]:
+        """The headers of PutObject / CreateMultipartUpload."""
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": self.retain_until}
+
+
+def no_object_lock_message(bucket: str) -> str:
+    return (f"bucket {bucket} has no Object Lock configuration; create it with object lock "
+            "enabled or remove storage.objectLock")
+
+
+# How stores refuse object-lock headers for a bucket without Object Lock: AWS and versitygw
+# answer InvalidRequest "Bucket is missing ObjectLockConfiguration" (or "Object Lock
+# configuration"), GetObjectLockConfiguration ObjectLockConfigurationNotFoundError.
+_NO_LOCK_CONFIG = "ObjectLockConfigurationNotFoundError"
+
+
+def _is_missing_lock_config(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    if s3errors.error_code(exc) == _NO_LOCK_CONFIG:
+        return True
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower().replace(" ", "")
+    return s3errors.error_code(exc) == "InvalidRequest" and "objectlock" in message
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version (or delete marker) of an object; `version_id` "null" on stores or
+    buckets without versioning."""
+
+    key: str
+    version_id: str
+    delete_marker: bool = False
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
@@ -265,8 +313,31 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "read", key) from exc
 
-    def write_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        """Put a small object and confirm its size from the store's side."""
+    def check_object_lock(self) -> None:
+        """Refuse, before anything is uploaded, a bucket without Object Lock. A key that may
+        not read the bucket's lock configuration (a write-only key) is not refused here: the
+        first upload then fails with the same message if the bucket has none."""
+        try:
+            self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if _is_missing_lock_config(exc):
+                raise StorageError(no_object_lock_message(self.bucket)) from exc
+            if s3errors.error_code(exc) in ("AccessDenied", "403", "Forbidden"):
+                log.info("may not read the Object Lock configuration of %s; the uploads "
+                         "will show whether it has one", self.bucket)
+                return
+            raise self._error(exc, "read the Object Lock configuration of") from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "read the Object Lock configuration of") from exc
+
+    def _write_error(self, exc: BaseException, action: str, key: str) -> StorageError:
+        if _is_missing_lock_config(exc):
+            return StorageError(no_object_lock_message(self.bucket))
+        return self._error(exc, action, key)
+
+    def write_bytes(self, key: str, data: bytes, content_type: str,
+                    lock: ObjectLock | None = None) -> None:
+        """Put a small object and confirm its size (and retention) from the store's side."""
         md5 = checksums.md5_digest(data)
         try:
             response = self.client.put_object(
@@ -275,10 +346,12 @@ class S3Store:
                 Body=data,
                 ContentMD5=checksums.b64(md5),
                 **self._write_args(content_type),
+                **(lock.args() if lock else {}),
             )
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, "write", key) from exc
+            raise self._write_error(exc, "write", key) from exc
+        self._check_lock(head, lock, key)
         if head["ContentLength"] != len(data):
             raise IntegrityError(
                 f"s3://{self.bucket}/{key}: the store reports {head['ContentLength']} bytes "
@@ -330,8 +403,48 @@ class S3Store:
 
     # --- streaming ---------------------------------------------------------------------
 
+    def delete_versions(self, versions: list[ObjectVersion]) -> None:
+        """Delete these versions for good (delete markers included). The "null" version
+        (a store or bucket without versioning) is deleted by key: some stores (versitygw
+        without versioning) refuse the id "null" that AWS accepts."""
+        for start in range(0, len(versions), 1000):
+            batch = versions[start : start + 1000]
+            objects: list[dict[str, str]] = [
+                {"Key": v.key} if v.version_id == "null"
+                else {"Key": v.key, "VersionId": v.version_id} for v in batch]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(exc, "delete object versions in") from exc
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"could not delete s3://{self.bucket}/{first.get('Key')} (version "
+                    f"{first.get('VersionId', 'null')}): {first.get('Code')}: "
+                    f"{first.get('Message')}"
+                )
+
+    def list_versions(self, prefix: str) -> list[ObjectVersion]:
+        """Every version and delete marker under `prefix`."""
+        found: list[ObjectVersion] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found += [ObjectVersion(v["Key"], v.get("VersionId") or "null")
+                          for v in page.get("Versions", [])]
+                found += [ObjectVersion(m["Key"], m.get("VersionId") or "null", True)
+                          for m in page.get("DeleteMarkers", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list object versions in") from exc
+        return found
+
     def uploader(
-        self, key: str, content_type: str = "application/octet-stream"
+        self, key: str, content_type: str = "application/octet-stream",
+        lock: ObjectLock | None = None,
     ) -> MultipartUploader:
         return MultipartUploader(
             self.client,
@@ -339,17 +452,33 @@ class S3Store:
             key,
             part_size=self.settings.part_size,
             concurrency=self.settings.concurrency,
-            create_args=self._write_args(content_type),
+            create_args={**self._write_args(content_type), **(lock.args() if lock else {})},
             checksums=self.settings.checksums,
+            describe_error=self._write_error,
         )
 
-    def verify(self, result: UploadResult) -> tuple[str, ...]:
-        """Confirm an uploaded object from the store's side; return what was checked."""
+    def _check_lock(self, head: Any, lock: ObjectLock | None, key: str) -> None:
+        """A store that accepted the headers but did not apply them must not pass for a
+        locked backup."""
+        if lock is None:
+            return
+        until = head.get("ObjectLockRetainUntilDate")
+        if head.get("ObjectLockMode") != lock.mode or until is None or \
+                until < lock.retain_until.replace(microsecond=0):
+            raise IntegrityError(
+                f"s3://{self.bucket}/{key}: the store reports Object Lock "
+                f"{head.get('ObjectLockMode') or 'none'} until {until or 'never'}, "
+                f"{lock.mode} until {lock.retain_until.isoformat()} was asked for")
+
+    def verify(self, result: UploadResult, lock: ObjectLock | None = None) -> tuple[str, ...]:
+        """Confirm an uploaded object from the store's side (size, checksum, and with `lock`
+        its retention); return what was checked."""
         key = result.key
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "verify", key) from exc
+        self._check_lock(head, lock, key)
         where = f"s3://{self.bucket}/{key}"
         if head["ContentLength"] != result.size:
             raise IntegrityError(

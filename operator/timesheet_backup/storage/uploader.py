@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
@@ -79,6 +79,7 @@ class MultipartUploader:
         create_args: Mapping[str, Any] | None = None,
         checksums: bool = True,
         abort_wait: float = 20.0,
+        describe_error: Callable[[BaseException, str, str], StorageError] | None = None,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
@@ -92,6 +93,9 @@ class MultipartUploader:
         self.create_args = dict(create_args or {})
         self.checksums = checksums
         self.abort_wait = abort_wait
+        # How a refused CreateMultipartUpload is told (the store knows e.g. Object Lock).
+        self.describe_error = describe_error or (
+            lambda exc, action, key: s3errors.describe(exc, action, self.bucket, key))
         self.upload_id: str | None = None
         self.completed = False
         self.size = 0
@@ -126,21 +130,20 @@ class MultipartUploader:
             try:
                 response = self.client.create_multipart_upload(**args, ChecksumAlgorithm="SHA256")
             except ClientError as exc:
-                if s3errors.error_code(exc) not in _CHECKSUM_UNSUPPORTED:
-                    raise s3errors.describe(
-                        exc, "start an upload to", self.bucket, self.key
-                    ) from exc
+                if s3errors.error_code(exc) not in _CHECKSUM_UNSUPPORTED or \
+                        "objectlock" in str(exc).lower().replace(" ", ""):
+                    raise self.describe_error(exc, "start an upload to", self.key) from exc
                 log.info("the store refused SHA-256 checksums; verifying by size and ETag")
                 self.checksums = False
             except BotoCoreError as exc:
-                raise s3errors.describe(exc, "start an upload to", self.bucket, self.key) from exc
+                raise self.describe_error(exc, "start an upload to", self.key) from exc
             else:
                 self.upload_id = response["UploadId"]
                 return
         try:
             response = self.client.create_multipart_upload(**args)
         except (ClientError, BotoCoreError) as exc:
-            raise s3errors.describe(exc, "start an upload to", self.bucket, self.key) from exc
+            raise self.describe_error(exc, "start an upload to", self.key) from exc
         self.upload_id = response["UploadId"]
 
     def abort(self) -> None:
