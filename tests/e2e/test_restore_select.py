@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import wait_for
+from tests.support.dbsnapshot import count_rows, user_tables
 from tests.support.operator import App
 
 pytestmark = pytest.mark.e2e
@@ -23,17 +24,12 @@ def db_spec(app: App) -> dict[str, Any]:
 
 def tables(app: App, dbname: str) -> list[str]:
     with app.connect(dbname) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT nspname || '.' || relname FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE relkind IN ('r', 'p') "
-            "AND nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")]
+        return user_tables(conn)
 
 
 def count(app: App, dbname: str, table: str) -> int:
     with app.connect(dbname) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-    assert row is not None
-    return int(row[0])
+        return count_rows(conn, table)
 
 
 def succeeded_backups(app: App, schedule: str) -> list[dict[str, Any]]:

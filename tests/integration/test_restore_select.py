@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentRun, backup
+from tests.support.dbsnapshot import count_rows, user_tables
 from tests.support.pgserver import PostgresServer
 from tests.support.s3server import S3Server
 from tests.support.trees import snapshot_tree
@@ -22,18 +23,12 @@ pytestmark = pytest.mark.integration
 
 def tables(pg: PostgresServer, db: str) -> list[str]:
     with pg.connection(db) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT nspname || '.' || relname FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE relkind IN ('r', 'p') AND nspname NOT IN ('pg_catalog', 'information_schema') "
-            "ORDER BY 1")]
+        return user_tables(conn)
 
 
 def count(pg: PostgresServer, db: str, table: str) -> int:
     with pg.connection(db) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-    assert row is not None
-    return int(row[0])
+        return count_rows(conn, table)
 
 
 def test_one_table_into_a_side_database(

@@ -898,6 +898,22 @@ def _table_fingerprint(conn: psycopg.Connection[Any], qualified: str) -> dict[st
     return {"rows": row[0], "md5": row[1]}
 
 
+def user_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """schema.table of every ordinary and partitioned table outside the system schemas."""
+    return [r[0] for r in conn.execute(
+        "SELECT nspname || '.' || relname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE relkind IN ('r', 'p') "
+        "AND nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")]
+
+
+def count_rows(conn: psycopg.Connection[Any], table: str) -> int:
+    """count(*) of a table named schema.table (each part quoted as an identifier)."""
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier(*table.split(".", 1)))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def row_counts(snap: Mapping[str, Any]) -> dict[str, int]:
     """``{table: rows}`` from a snapshot, handy for quick assertions and messages."""
     return {name: fp["rows"] for name, fp in snap["data"].items()}

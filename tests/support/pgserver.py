@@ -219,6 +219,11 @@ class PostgresServer:
             )  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            # initdb lets in loopback only; a server on another local address (the e2e host
+            # alias, for pods) is reached by the harness from that address itself.
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.host}/32 scram-sha-256\n")
         conf = {
             **self.settings,
             **self._install_tls(),

@@ -367,20 +367,26 @@ class S3Store:
             raise IntegrityError(f"s3://{self.bucket}/{key}: ETag does not match what was sent")
 
     def delete(self, keys: list[str]) -> None:
-        for start in range(0, len(keys), 1000):
-            batch = keys[start : start + 1000]
+        self._delete_objects([{"Key": k} for k in keys], "delete objects in")
+
+    def _delete_objects(self, objects: list[dict[str, str]], what: str) -> None:
+        """DeleteObjects in batches of 1,000 (the API's limit); the first error of a batch
+        is raised, naming the key (and version, when one was given)."""
+        for start in range(0, len(objects), 1000):
             try:
                 response = self.client.delete_objects(
                     Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                    Delete={"Objects": objects[start : start + 1000],  # type: ignore[typeddict-item]
+                            "Quiet": True},
                 )
             except (ClientError, BotoCoreError) as exc:
-                raise self._error(exc, "delete objects in") from exc
+                raise self._error(exc, what) from exc
             errors = response.get("Errors", [])
             if errors:
                 first = errors[0]
+                version = f" (version {first['VersionId']})" if first.get("VersionId") else ""
                 raise StorageError(
-                    f"could not delete s3://{self.bucket}/{first.get('Key')}: "
+                    f"could not delete s3://{self.bucket}/{first.get('Key')}{version}: "
                     f"{first.get('Code')}: {first.get('Message')}"
                 )
 
@@ -407,26 +413,9 @@ class S3Store:
         """Delete these versions for good (delete markers included). The "null" version
         (a store or bucket without versioning) is deleted by key: some stores (versitygw
         without versioning) refuse the id "null" that AWS accepts."""
-        for start in range(0, len(versions), 1000):
-            batch = versions[start : start + 1000]
-            objects: list[dict[str, str]] = [
-                {"Key": v.key} if v.version_id == "null"
-                else {"Key": v.key, "VersionId": v.version_id} for v in batch]
-            try:
-                response = self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise self._error(exc, "delete object versions in") from exc
-            errors = response.get("Errors", [])
-            if errors:
-                first = errors[0]
-                raise StorageError(
-                    f"could not delete s3://{self.bucket}/{first.get('Key')} (version "
-                    f"{first.get('VersionId', 'null')}): {first.get('Code')}: "
-                    f"{first.get('Message')}"
-                )
+        self._delete_objects([{"Key": v.key} if v.version_id == "null"
+                              else {"Key": v.key, "VersionId": v.version_id}
+                              for v in versions], "delete object versions in")
 
     def list_versions(self, prefix: str) -> list[ObjectVersion]:
         """Every version and delete marker under `prefix`."""
