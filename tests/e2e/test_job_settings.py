@@ -1,7 +1,8 @@
 """Jobs in a locked-down namespace, on the real node (docs/security.md, "Jobs in locked-down
 namespaces"): a Backup and a Restore with a PriorityClass, a pull secret, pod labels and
 annotations, proxy variables and a ServiceAccount, asserted on the pods the kubelet ran --
-and both still succeed. A plain Backup's pod has no ServiceAccount token mounted."""
+and both still succeed. A plain Backup's pod has no ServiceAccount token mounted. A pull
+secret given once in the chart's `defaults.job` reaches a Backup's Job."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 from kubernetes import client as k8s
 
 from tests.e2e.test_operator import backup_spec
-from tests.support.cluster import Cluster
-from tests.support.operator import App
+from tests.support.cluster import Cluster, wait_for
+from tests.support.operator import OPERATOR_NAMESPACE, RELEASE, App, install_operator
 
 pytestmark = pytest.mark.e2e
 
@@ -157,3 +158,54 @@ def test_reserved_names_are_refused_by_the_api_server(app: App) -> None:
             app.create("backups", "refused", backup_spec(app, job=job))
         assert refused.value.status == 422, refused.value.body
         assert message in refused.value.body, refused.value.body
+
+
+def operator_settled(cluster: Cluster) -> str | None:
+    """After a `helm upgrade`: the name of the one operator pod left, once it is Ready and
+    holds the Lease (so no pod of the previous release can still create a Job)."""
+    pods = [p for p in cluster.core.list_namespaced_pod(
+        OPERATOR_NAMESPACE, label_selector="app.kubernetes.io/name=timesheet-backup-operator"
+    ).items]
+    if len(pods) != 1 or pods[0].metadata.deletion_timestamp or not any(
+            c.type == "Ready" and c.status == "True" for c in pods[0].status.conditions or []):
+        return None
+    lease = k8s.CoordinationV1Api(cluster.api).read_namespaced_lease(
+        f"{RELEASE}-timesheet-backup-operator", OPERATOR_NAMESPACE)
+    name = pods[0].metadata.name
+    return name if lease.spec.holder_identity == name else None
+
+
+@pytest.fixture
+def defaults_install(cluster: Cluster) -> Iterator[None]:
+    """The operator installed with Job defaults from the chart's values; the standard
+    install again afterwards, whatever happens."""
+    defaults = {"imagePullSecrets": ["registry-credentials"],
+                "podLabels": {"team": "from-defaults"},
+                "env": [{"name": "NO_PROXY", "value": ".svc,.cluster.local"}]}
+    try:
+        install_operator(cluster, "--set-json", f"defaults.job={json.dumps(defaults)}")
+        wait_for(lambda: operator_settled(cluster), 120,
+                 message="the upgraded operator did not take over")
+        yield
+    finally:
+        install_operator(cluster)
+        wait_for(lambda: operator_settled(cluster), 120,
+                 message="the standard operator did not take over")
+
+
+def test_a_pull_secret_from_the_operators_defaults(app: App, defaults_install: None) -> None:
+    """Issue 17's case: a namespace whose registry needs a pull secret, given once in the
+    chart's `defaults.job`, reaches every Job; the resource's own settings merge over it."""
+    pull_secret(app.cluster, app.namespace)
+    app.create("backups", "from-defaults", backup_spec(
+        app, components=["database"], job={"podLabels": {"cost-center": "backup"}}))
+    backup = app.wait_phase("backups", "from-defaults", ("Succeeded", "Failed"))
+    assert backup["status"]["phase"] == "Succeeded", json.dumps(backup["status"], indent=1)
+    pod = job_pod(app, backup["status"]["jobName"])
+    assert [s.name for s in pod.spec.image_pull_secrets or []] == ["registry-credentials"]
+    assert pod.metadata.labels["team"] == "from-defaults"
+    assert pod.metadata.labels["cost-center"] == "backup"
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["NO_PROXY"] == ".svc,.cluster.local"
+    # The chart's measured resources are still the defaults' (Helm merged the values).
+    assert pod.spec.containers[0].resources.requests["memory"] == "256Mi"
