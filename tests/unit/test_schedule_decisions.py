@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from timesheet_backup import constants as c
 from timesheet_backup.api import crds, models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.decisions.schedules import (
@@ -20,6 +21,7 @@ from timesheet_backup.decisions.schedules import (
     retention_pass,
     verification_body,
     verification_marks,
+    verification_runs,
 )
 from timesheet_backup.jobs import agent_args
 from timesheet_backup.schedule import planner
@@ -346,3 +348,20 @@ def test_the_event_names_ten_and_the_status_a_hundred() -> None:
     assert result.event.count("(keepLast)") == 10
     assert result.status is not None
     assert len(result.status["pruned"]) == models.RETENTION_STATUS_ITEMS
+
+
+def test_verification_runs_are_the_schedules_restore_tests_oldest_first() -> None:
+    def restore(name: str, created: str, **labels: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "creationTimestamp": created, "labels": labels}}
+
+    ours = {c.LABEL_SCHEDULE: "db", c.LABEL_VERIFICATION: "true"}
+    restores = [
+        restore("newer", "2026-11-26T12:00:00Z", **ours),
+        restore("older", "2026-11-25T12:00:00Z", **ours),
+        restore("other-schedule", "2026-11-24T12:00:00Z",
+                **{**ours, c.LABEL_SCHEDULE: "uploads"}),
+        restore("not-a-test", "2026-11-24T12:00:00Z", **{c.LABEL_SCHEDULE: "db"}),
+        {"metadata": {"name": "unlabelled", "creationTimestamp": "2026-11-24T12:00:00Z"}},
+    ]
+    assert [r["metadata"]["name"] for r in verification_runs(restores, "db")] == [
+        "older", "newer"]

@@ -117,6 +117,18 @@ def is_verified(backup: Mapping[str, Any]) -> bool:
         bool((st.get("verification") or {}).get("verifiedTime"))
 
 
+def verification_runs(restores: Sequence[Mapping[str, Any]],
+                      schedule: str) -> list[Mapping[str, Any]]:
+    """The schedule's restore-test Restores among a namespace's, oldest first."""
+    def ours(restore: Mapping[str, Any]) -> bool:
+        labels = restore["metadata"].get("labels") or {}
+        return labels.get(c.LABEL_SCHEDULE) == schedule and \
+            labels.get(c.LABEL_VERIFICATION) == "true"
+
+    return sorted(filter(ours, restores),
+                  key=lambda r: r["metadata"].get("creationTimestamp") or "")
+
+
 def verification_marks(runs: Sequence[Mapping[str, Any]],
                        backups: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """The durable record of restore tests on the Backups they tested: for each Backup, the

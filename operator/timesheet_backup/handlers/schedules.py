@@ -19,6 +19,7 @@ from timesheet_backup.decisions.schedules import (
     time_of,
     verification_body,
     verification_marks,
+    verification_runs,
 )
 from timesheet_backup.handlers.common import (
     conditions,
@@ -120,13 +121,13 @@ def last_run_condition(backups: list[dict[str, Any]],
 
 
 def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
-          backups: list[dict[str, Any]], fields: Status) -> list[str]:
+          backups: list[dict[str, Any]], restores: list[dict[str, Any]],
+          fields: Status) -> list[str]:
     """Delete what retention prunes; say why in an Event and in `status.retention`."""
     if spec.retention is None:
         fields.retention = None
         return []
     meta = body["metadata"]
-    restores = kube.list_custom(meta["namespace"], c.PLURAL_RESTORE)
     next_time = parse_time(fields.next_schedule_time)
     decided = retention_pass(meta["name"], backups, restores, spec.retention, now(),
                              cron.zone(spec.time_zone), next_time)
@@ -140,7 +141,8 @@ def prune(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
 
 
 def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
-           backups: list[dict[str, Any]], fields: Status) -> None:
+           backups: list[dict[str, Any]], restores: list[dict[str, Any]],
+           fields: Status) -> None:
     """Start a restore test when due; record the outcome of the last one."""
     verification = spec.verification
     if verification is None:
@@ -148,10 +150,7 @@ def verify(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
     meta = body["metadata"]
     st = body.get("status") or {}
     namespace = meta["namespace"]
-    runs = sorted(kube.list_custom(namespace, c.PLURAL_RESTORE,
-                                   f"{c.LABEL_SCHEDULE}={meta['name']},"
-                                   f"{c.LABEL_VERIFICATION}=true"),
-                  key=lambda r: r["metadata"].get("creationTimestamp") or "")
+    runs = verification_runs(restores, meta["name"])
     if runs:
         newest = runs[-1]
         rst = newest.get("status") or {}
@@ -222,8 +221,12 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     skipped = run_schedule(body, spec, backups, fields)
     if skipped and skipped != st.get("message"):
         post_event(body, "Warning", reason="RunSkipped", message=skipped)
-    prune(body, spec, backups, fields)
-    verify(body, spec, backups, fields)
+    # One LIST of the namespace's Restores per tick serves both: retention keeps what a
+    # running Restore reads, and the schedule's own restore tests are among them.
+    restores = (kube.list_custom(meta["namespace"], c.PLURAL_RESTORE)
+                if spec.retention or spec.verification else [])
+    prune(body, spec, backups, restores, fields)
+    verify(body, spec, backups, restores, fields)
 
     succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
     if succeeded:
