@@ -232,6 +232,38 @@ def operator_pid(cluster: Cluster, pod: str) -> int | None:
     return cluster.container_pid(OPERATOR_NAMESPACE, pod, "operator")
 
 
+def cgroup_memory_peak(pid: int) -> int | None:
+    """The kernel's own high-water mark of the container's memory cgroup (v1
+    `memory.max_usage_in_bytes`, v2 `memory.peak`): what the limit is enforced against."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":
+            candidate = Path(f"/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes")
+        elif controllers == "":
+            candidate = Path(f"/sys/fs/cgroup{path}/memory.peak")
+        else:
+            continue
+        if candidate.exists():
+            return int(candidate.read_text())
+    return None
+
+
+def operator_container(cluster: Cluster, pod: str) -> dict[str, Any]:
+    """The kubelet's view of the operator container: its memory limit, restarts and why the
+    last instance ended (an OOM kill shows here as reason OOMKilled)."""
+    obj = cluster.core.read_namespaced_pod(pod, OPERATOR_NAMESPACE)
+    spec = next(c_ for c_ in obj.spec.containers if c_.name == "operator")
+    status = next(s for s in obj.status.container_statuses or [] if s.name == "operator")
+    last = status.last_state.terminated if status.last_state else None
+    return {"memory_limit": (spec.resources.limits or {}).get("memory"),
+            "restarts": status.restart_count,
+            "last_termination_reason": last.reason if last else None}
+
+
 def count_backups(cluster: Cluster, ns: str) -> int:
     page = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, ns, c.PLURAL_BACKUP,
                                                         limit=1)
@@ -322,6 +354,13 @@ def retention_at_scale(cluster: Cluster, count: int, log: Log) -> dict[str, Any]
         sampler.join()
     result["remaining"] = count_backups(cluster, ns)
     result["operator_pid_found"] = pid is not None
+    # The chart's memory limit is the claim under test here: the kubelet enforces it, so an
+    # operator that outgrew it would have been OOM-killed and restarted during the pass.
+    result["operator_container"] = operator_container(cluster, pod)
+    result["operator_cgroup_peak_bytes"] = cgroup_memory_peak(pid) if pid else None
+    if result["operator_container"]["restarts"]:
+        raise RuntimeError(f"the operator restarted during retention at scale: "
+                           f"{result['operator_container']}")
     result["operator_peak_rss_bytes"] = peak["largest_process"]
     result["operator_pod_tree_peak_rss_bytes"] = peak["tree"]
     result["progress"] = progress[:: max(1, len(progress) // 30)]

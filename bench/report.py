@@ -166,6 +166,14 @@ def operator_tables(o: dict[str, Any]) -> list[str]:
             f"| scale-up to pruned | {sec(r['prune_seconds_from_scale_up'])} |",
             f"| operator peak RSS (process) | {mib(r['operator_peak_rss_bytes'])} |",
             f"| operator idle RSS before the benchmarks | {mib(o['operator_idle_rss_bytes'])} |"]
+    box = r.get("operator_container")
+    if box:
+        peak = r.get("operator_cgroup_peak_bytes")
+        out += [f"| chart memory limit (enforced by the kubelet) | {box['memory_limit']} |",
+                f"| container memory peak (the cgroup's own high-water mark) | "
+                f"{mib(peak) if peak else 'not readable'} |",
+                f"| restarts / OOM kills during the pass | {box['restarts']} / "
+                f"{1 if box['last_termination_reason'] == 'OOMKilled' else 0} |"]
     return out
 
 

@@ -21,8 +21,10 @@ from kubernetes import client as k8s
 
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
 from tests.support.operator import OPERATOR_NAMESPACE, RELEASE, install_operator, run_tool
+from timesheet_backup import constants as c
 from timesheet_backup.api import crds, models
 from timesheet_backup.api.fields import dump, parse
+from timesheet_backup.api.resolve import missing_fields
 from timesheet_backup.settings import OperatorConfig, check_job_defaults
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.e2e
 CHART = "charts/timesheet-backup-operator"
 CRD_NAMES = ("backups.backup.northstar.io", "backupschedules.backup.northstar.io",
              "restores.backup.northstar.io")
-GROUP, VERSION = "backup.northstar.io", "v1alpha1"
+GROUP, VERSION = c.GROUP, c.VERSION
 
 
 # ---- helm alone ---------------------------------------------------------------------------
@@ -257,6 +259,11 @@ def schedules(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     return {s["metadata"]["name"]: s["spec"] for s in items}
 
 
+def schedule_object(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                            "backupschedules", name))
+
+
 def helm_install(cluster: Cluster, values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     """The standard release with these values on top of the e2e image (as install_operator)."""
     repository, _, tag = cluster.image.rpartition(":")
@@ -289,6 +296,16 @@ def test_release_life_cycle(cluster: Cluster, namespace: str,
     assert got["uploads-weekly"]["schedule"] == "0 3 * * 0"
     assert {s["retention"]["maxAge"] for s in got.values()} == {"30d"}
 
+    # A first install with the chart's empty defaults: the schedules wait suspended, naming
+    # the values they need, by the operator's own rule (resolve.missing_fields), in NOTES too.
+    for name, spec in got.items():
+        assert spec["suspend"] is True, name
+        template = parse(models.BackupSpec, guide[name]["template"]["spec"])
+        needed = ", ".join(missing_fields(template))
+        annotations = schedule_object(cluster, namespace, name)["metadata"]["annotations"]
+        assert annotations[c.ANNOTATION_SUSPENDED_UNTIL_SET] == needed, name
+        assert f"`helm upgrade`: {needed}" in installed.stdout, installed.stdout
+
     # The hook applied the CRDs server-side, and they survive `helm uninstall`.
     for name in CRD_NAMES:
         crd = crd_api.read_custom_resource_definition(name)
@@ -306,12 +323,22 @@ def test_release_life_cycle(cluster: Cluster, namespace: str,
         [{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/description",
           "value": "outdated"}]))
 
-    # upgrade: one schedule changed, the other disabled (helm deletes it).
+    # upgrade: one schedule changed, the other disabled (helm deletes it); the defaults it
+    # needs are set now, so it is no longer suspended.
     values["schedules"]["database-daily"]["schedule"] = "30 1 * * *"
     values["schedules"]["uploads-weekly"]["disabled"] = True
-    helm_install(cluster, values)
+    values["defaults"] = {
+        "database": {"host": "db.invalid", "name": "timesheet", "user": "timesheet",
+                     "passwordSecretRef": {"name": "timesheet-db", "key": "password"}},
+        "storage": {"bucket": "backups", "credentialsSecretRef": {"name": "backup-s3"}}}
+    upgraded = helm_install(cluster, values)
     got = schedules(cluster, namespace)
     assert got["database-daily"]["schedule"] == "30 1 * * *"
+    assert "suspend" not in got["database-daily"], got["database-daily"]
+    assert c.ANNOTATION_SUSPENDED_UNTIL_SET not in (
+        schedule_object(cluster, namespace, "database-daily")["metadata"].get("annotations")
+        or {})
+    assert "SUSPENDED" not in upgraded.stdout, upgraded.stdout
     wait_for(lambda: "uploads-weekly" not in schedules(cluster, namespace), 60,
              message="the disabled schedule was not removed")
     assert description() == crds.DEFINITIONS[0].description

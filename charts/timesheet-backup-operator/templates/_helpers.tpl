@@ -72,3 +72,33 @@ app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" $ctx.Chart.Name $ctx.Chart.Version }}
 {{- end -}}
+
+{{/*
+What a schedule from values still lacks once the operator's defaults fill its template: the
+same rules as the operator's resolve.missing_fields (tests/e2e/test_chart.py holds them
+together). Input: (list $schedule $.Values.defaults); output: comma-separated field names,
+empty when the schedule can run.
+*/}}
+{{- define "tsb.scheduleMissing" -}}
+{{- $s := index . 0 -}}
+{{- $d := index . 1 | default dict -}}
+{{- $spec := ($s.template).spec | default dict -}}
+{{- $components := $spec.components | default (list "database" "uploads") -}}
+{{- $missing := list -}}
+{{- if has "database" $components -}}
+{{- $db := mergeOverwrite (deepCopy ($d.database | default dict)) ($spec.database | default dict) -}}
+{{- range $f := list "host" "name" "user" -}}
+{{- if not (index $db $f) }}{{ $missing = append $missing (printf "database.%s" $f) }}{{ end -}}
+{{- end -}}
+{{- if not (or $db.passwordSecretRef $db.clientCertSecretRef) -}}
+{{- $missing = append $missing "database.passwordSecretRef (or clientCertSecretRef)" -}}
+{{- end -}}
+{{- end -}}
+{{- if has "uploads" $components -}}
+{{- $up := mergeOverwrite (deepCopy ($d.uploads | default dict)) ($spec.uploads | default dict) -}}
+{{- if not $up.claimName }}{{ $missing = append $missing "uploads.claimName" }}{{ end -}}
+{{- end -}}
+{{- $st := mergeOverwrite (deepCopy ($d.storage | default dict)) ($spec.storage | default dict) -}}
+{{- if not $st.bucket }}{{ $missing = append $missing "storage.bucket" }}{{ end -}}
+{{- join ", " $missing -}}
+{{- end -}}
