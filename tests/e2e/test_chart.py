@@ -20,7 +20,13 @@ import yaml
 from kubernetes import client as k8s
 
 from tests.support.cluster import REPO_ROOT, Cluster, wait_for
-from tests.support.operator import OPERATOR_NAMESPACE, RELEASE, install_operator, run_tool
+from tests.support.operator import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Operator,
+    install_operator,
+    run_tool,
+)
 from timesheet_backup import constants as c
 from timesheet_backup.api import crds, models
 from timesheet_backup.api.fields import dump, parse
@@ -235,8 +241,8 @@ def test_schema_refuses_bad_values(helm: str, bad: tuple[str, ...]) -> None:
 
 # ---- on the control plane -----------------------------------------------------------------
 
-def test_rendered_manifests_are_accepted_by_the_api_server(cluster: Cluster,
-                                                           namespace: str) -> None:
+def test_rendered_manifests_are_accepted_by_the_api_server(cluster: Cluster, namespace: str,
+                                                           operator: Operator) -> None:
     """Everything the chart can render (hooks, the test pod, NetworkPolicy, CRDs), with the
     schedules in a fresh namespace, through the API server's validation and admission."""
     rendered = run_tool(
