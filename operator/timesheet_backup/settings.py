@@ -44,10 +44,11 @@ class OperatorConfig:
         "Namespaces to watch; empty: all (needs the cluster-wide RBAC).", default_factory=list
     )
     defaults: Defaults = field("Defaults for Backups.", default_factory=Defaults)
-    job_ttl_seconds_after_finished: int = field(
-        "Finished Jobs are removed after this long (their outcome is in the CR's status).",
-        default=86400,
-    )
+
+
+# Replaced by `defaults.job.ttlSecondsAfterFinished` (one source for the Jobs' TTL); still
+# read, and moved there, so a configuration file written for an older operator keeps working.
+LEGACY_TTL_KEY = "jobTtlSecondsAfterFinished"
 
 
 ENV_OVERRIDES = {
@@ -71,9 +72,33 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
             data[key] = env[variable]
     if env.get("TSB_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["TSB_NAMESPACES"].split(",") if n.strip()]
+    move_legacy_ttl(data)
     config = parse(OperatorConfig, data, path="config")
     check_job_defaults(config.defaults.job)
     return config
+
+
+def move_legacy_ttl(data: dict[str, Any]) -> None:
+    """`jobTtlSecondsAfterFinished` (older operators) becomes defaults.job's
+    ttlSecondsAfterFinished; both set is a contradiction only when they differ."""
+    if LEGACY_TTL_KEY not in data:
+        return
+    legacy = data.pop(LEGACY_TTL_KEY)
+    defaults = data.get("defaults")
+    if defaults is None:
+        defaults = data["defaults"] = {}
+    if not isinstance(defaults, dict):
+        return  # parse() reports the bad defaults
+    job = defaults.get("job")
+    if job is None:
+        job = defaults["job"] = {}
+    if not isinstance(job, dict):
+        return
+    current = job.setdefault("ttlSecondsAfterFinished", legacy)
+    if current != legacy:
+        raise SpecError(f"config.{LEGACY_TTL_KEY} ({legacy}) and "
+                        f"config.defaults.job.ttlSecondsAfterFinished ({current}) differ: "
+                        f"{LEGACY_TTL_KEY} is replaced by the latter, set only that")
 
 
 def check_job_defaults(job: JobSpec | None) -> None:

@@ -144,11 +144,15 @@ def answer(review: Mapping[str, Any], defaults: Defaults) -> dict[str, Any]:
         spec = (request.get("object") or {}).get("spec")
         refused = admission.refusal(kind, spec)
         missing: list[str] = []
+        missing_for_deletes: list[str] = []
         warnings: list[str] = []
         if refused is None:
+            namespace = request.get("namespace", "")
             refs, warnings = admission.secrets_needed(kind, spec, defaults)
-            missing = missing_secrets(request.get("namespace", ""), refs)
-        result = admission.verdict(refused, missing, warnings)
+            missing = missing_secrets(namespace, refs)
+            missing_for_deletes = missing_secrets(
+                namespace, admission.deletion_secrets_needed(kind, spec, defaults))
+        result = admission.verdict(refused, missing, warnings, missing_for_deletes)
         response["allowed"] = result.allowed
         if not result.allowed:
             response["status"] = {"code": 422, "reason": "Invalid", "message": result.message}

@@ -307,9 +307,12 @@ if ! python3 -c 'import os,sys; os.setxattr(sys.argv[1], "user.tsb-test", b"1")'
 else
     python3 -c 'import os,sys; os.removexattr(sys.argv[1], "user.tsb-test")' "$CL/s3/data"
 fi
+# --iam-dir: accounts besides root (tests/e2e/test_write_only.py makes a key that cannot
+# delete, through the admin API on the same port); the root key is unaffected.
+mkdir -p "$CL/s3/iam"
 ROOT_ACCESS_KEY_ID=$S3_ACCESS_KEY ROOT_SECRET_ACCESS_KEY=$S3_SECRET_KEY \
     start_proc versitygw "$TOOLS_BIN/versitygw" --port "$HOST_IP:$S3_PORT" --region us-east-1 \
-    posix "${S3_ARGS[@]}" "$CL/s3/data"
+    --iam-dir "$CL/s3/iam" posix "${S3_ARGS[@]}" "$CL/s3/data"
 
 
 # ---- containerd and the images (while the control plane starts) -------------------

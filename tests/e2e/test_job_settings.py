@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,6 +144,8 @@ def test_a_plain_backup_pod_has_no_token(app: App) -> None:
     assert TOKEN_PATH not in mount_paths(pod)
     assert not pod.spec.image_pull_secrets and not pod.spec.priority_class_name
     assert pod.spec.service_account_name == "default"
+    job = app.cluster.batch.read_namespaced_job(backup["status"]["jobName"], app.namespace)
+    assert job.spec.ttl_seconds_after_finished == 86400  # kept a day by default
 
 
 def test_reserved_names_are_refused_by_the_api_server(app: App) -> None:
@@ -209,3 +212,35 @@ def test_a_pull_secret_from_the_operators_defaults(app: App, defaults_install: N
     assert env["NO_PROXY"] == ".svc,.cluster.local"
     # The chart's measured resources are still the defaults' (Helm merged the values).
     assert pod.spec.containers[0].resources.requests["memory"] == "256Mi"
+
+
+def job_exists(app: App, name: str) -> bool:
+    try:
+        app.cluster.batch.read_namespaced_job(name, app.namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_a_short_ttl_removes_the_finished_job_and_the_backup_stays_succeeded(app: App) -> None:
+    """job.ttlSecondsAfterFinished reaches the Job; the real kube-controller-manager's
+    ttl-after-finished controller removes it once finished; the operator does not take the
+    vanished Job of its Backup for a failure (JobMissing) -- also when the Job went before
+    the operator's poll saw it finish (then the manifest in the bucket says it did)."""
+    app.create("backups", "short-lived", backup_spec(
+        app, components=["database"], job={"ttlSecondsAfterFinished": 5}))
+    backup = app.wait_phase("backups", "short-lived", ("Succeeded", "Failed"))
+    assert backup["status"]["phase"] == "Succeeded", json.dumps(backup["status"], indent=1)
+    assert backup["status"]["resolved"]["job"]["ttlSecondsAfterFinished"] == 5
+    job_name = backup["status"]["jobName"]
+    wait_for(lambda: not job_exists(app, job_name), 60,
+             message=f"Job {job_name} was not removed 5 s after it finished")
+    # Several of the operator's polls (5 s) later it is still Succeeded, with no failure.
+    time.sleep(12)
+    after = app.get("backups", "short-lived")
+    assert after["status"]["phase"] == "Succeeded", json.dumps(after["status"], indent=1)
+    assert after["status"]["completionTime"] == backup["status"]["completionTime"]
+    assert not any(e.reason in ("JobMissing", "Failed") for e in app.events("short-lived"))
+

@@ -145,7 +145,7 @@ class S3Server:
 
     def __init__(self, *, binary: str | Path | None = None, port: int | None = None,
                  tls: CertFiles | None = None, ca_bundle: Path | None = None,
-                 host: str = "127.0.0.1", versioning: bool = False) -> None:
+                 host: str = "127.0.0.1", versioning: bool = False, iam: bool = False) -> None:
         """`tls`: serve https with this certificate (its CA's file is `ca_bundle`, which the
         test client trusts)."""
         self.binary = Path(binary) if binary else find_tool("versitygw")
@@ -156,6 +156,9 @@ class S3Server:
         # the bucket behaves as on AWS (a plain delete adds a delete marker, the locked
         # version stays and refuses deletion).
         self.versioning = versioning
+        # IAM accounts besides root (`--iam-dir`): create_user() and bucket policies, for
+        # keys with less than the root's rights (a writer that cannot delete).
+        self.iam = iam
         self.host = host
         self.port = port or free_port()
         self.region = REGION
@@ -197,6 +200,10 @@ class S3Server:
             versions = self.base_dir / "versions"
             versions.mkdir(exist_ok=True)
             argv += ["--versioning-dir", str(versions)]
+        if self.iam:
+            iam_dir = self.base_dir / "iam"
+            iam_dir.mkdir(exist_ok=True)
+            argv[1:1] = ["--iam-dir", str(iam_dir)]
         argv.append(str(self.root_dir))
         # Credentials travel in the environment, not in argv (visible to every local user).
         env = {
@@ -295,6 +302,13 @@ class S3Server:
             "S3_ENDPOINT": endpoint or self.endpoint,
         }
 
+    def create_user(self, role: str = "user") -> tuple[str, str]:
+        """A new IAM account (needs `iam=True`); returns its (access key, secret key)."""
+        if not self.iam:
+            raise ToolError("create_user needs an S3Server(iam=True)")
+        return create_user(self.binary, self.endpoint, self.access_key, self.secret_key,
+                           role=role, ca_bundle=self.ca_bundle)
+
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a unique name unless given) and return its name."""
         name = name or f"tsb-{uuid.uuid4().hex[:16]}"
@@ -345,6 +359,51 @@ class S3Server:
 
     def put_bytes(self, bucket: str, key: str, data: bytes, **kwargs: Any) -> None:
         self.client().put_object(Bucket=bucket, Key=key, Body=data, **kwargs)
+
+
+# ------------------------------------------------------------------ least-privilege keys
+
+
+def create_user(binary: str | Path, endpoint: str, root_access: str, root_secret: str, *,
+                role: str = "user", ca_bundle: Path | None = None) -> tuple[str, str]:
+    """A new account on a versitygw started with `--iam-dir`, through its admin API (the
+    `versitygw admin` CLI, root credentials in its environment, never in argv). Role `user`
+    may touch only buckets it owns or that a bucket policy opens to it. Returns (access key,
+    secret key)."""
+    access = "TSBU" + secrets.token_hex(8).upper()
+    secret = secrets.token_urlsafe(30)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "ADMIN_ACCESS_KEY_ID": root_access, "ADMIN_SECRET_ACCESS_KEY": root_secret}
+    argv = [str(binary), "admin", "--endpoint-url", endpoint]
+    if ca_bundle is not None:
+        argv.append("--allow-insecure")  # the CLI takes no CA file; the test's own CA
+    argv += ["create-user", "--access", access, "--secret", secret, "--role", role]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    if proc.returncode != 0:
+        raise ToolError(f"versitygw admin create-user failed ({proc.returncode}): "
+                        f"{proc.stdout}{proc.stderr} (is the gateway running with --iam-dir?)")
+    return access, secret
+
+
+def write_only_policy(bucket: str, prefix: str, writer: str, deleter: str) -> dict[str, Any]:
+    """The bucket policy of docs/security.md ("Writers that cannot delete"): `writer` may put,
+    read, list and abort uploads under `prefix` but never delete; `deleter` may list and
+    delete. versitygw authorizes DeleteObjects against the bucket itself (AWS: each key), so
+    the deleter's s3:DeleteObject also names the bucket ARN here."""
+    objects = f"arn:aws:s3:::{bucket}/{prefix}/*"
+    whole = f"arn:aws:s3:::{bucket}"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "WriterObjects", "Effect": "Allow", "Principal": {"AWS": [writer]},
+         "Action": ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
+         "Resource": [objects]},
+        {"Sid": "WriterBucket", "Effect": "Allow", "Principal": {"AWS": [writer]},
+         "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"], "Resource": [whole]},
+        {"Sid": "DeleterObjects", "Effect": "Allow", "Principal": {"AWS": [deleter]},
+         "Action": ["s3:DeleteObject"], "Resource": [objects, whole]},
+        {"Sid": "DeleterBucket", "Effect": "Allow", "Principal": {"AWS": [deleter]},
+         "Action": ["s3:ListBucket"], "Resource": [whole]},
+    ]}
 
 
 # ------------------------------------------------------------------------ toxiproxy

@@ -150,6 +150,43 @@ def test_verdicts() -> None:
     assert a.verdict(None, ["Secret ns/db not found"], ["w"]).warnings == (
         "Secret ns/db not found: the Jobs cannot start until it exists", "w")
 
+    assert a.verdict(None, [], [], ["Secret ns/deleter not found"]).warnings == (
+        a.deletion_secret_warning("Secret ns/deleter not found"),)
+
+
+DELETER = {"name": "deleter", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"}
+WRITE_ONLY = {**STORAGE, "deleteCredentialsSecretRef": DELETER}
+
+
+def test_the_delete_secret_is_the_operators_not_the_jobs() -> None:
+    """storage.deleteCredentialsSecretRef: never among the Job's Secrets (a missing one does
+    not stop a backup), but named for the operator's deletes, from the same resolution."""
+    backup = {**BACKUP, "storage": WRITE_ONLY}
+    refs, warnings = a.secrets_needed("Backup", backup, Defaults())
+    assert ("deleter", "id") not in refs and ("s3", "AWS_ACCESS_KEY_ID") in refs
+    assert warnings == []
+    assert a.deletion_secrets_needed("Backup", backup, Defaults()) == [
+        ("deleter", "id"), ("deleter", "secret")]
+    schedule = {"schedule": "@daily", "template": {"spec": backup}}
+    assert a.deletion_secrets_needed("BackupSchedule", schedule, Defaults()) == [
+        ("deleter", "id"), ("deleter", "secret")]
+    # from the operator's defaults too
+    defaults = parse(Defaults, {"storage": {"deleteCredentialsSecretRef": {"name": "d"}}})
+    assert a.deletion_secrets_needed("Backup", BACKUP, defaults) == [
+        ("d", "AWS_ACCESS_KEY_ID"), ("d", "AWS_SECRET_ACCESS_KEY")]
+    # none set, a Restore (it deletes nothing), an incomplete spec (warned about elsewhere)
+    assert a.deletion_secrets_needed("Backup", BACKUP, Defaults()) == []
+    restore = {"source": {"storage": WRITE_ONLY, "manifestKey": "a/manifest.json"}}
+    assert a.deletion_secrets_needed("Restore", restore, Defaults()) == []
+    assert ("deleter", "id") not in a.secrets_needed("Restore", restore, Defaults())[0]
+    assert a.deletion_secrets_needed("Backup", {"components": ["database"]}, Defaults()) == []
+
+
+def test_a_missing_delete_secret_is_a_warning_that_backups_still_run() -> None:
+    text = a.deletion_secret_warning("Secret ns/deleter not found")
+    assert text.startswith("Secret ns/deleter not found (storage.deleteCredentialsSecretRef)")
+    assert "backups run" in text and "cannot delete" in text
+
 
 # --- settings -------------------------------------------------------------------------------
 

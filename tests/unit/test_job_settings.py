@@ -19,7 +19,7 @@ from timesheet_backup import constants as c
 from timesheet_backup import settings
 from timesheet_backup.api import crds, models, validation
 from timesheet_backup.api.defaults import Defaults
-from timesheet_backup.api.fields import SpecError, dump, parse
+from timesheet_backup.api.fields import SpecError, dump, parse, schema_for
 from timesheet_backup.api.resolve import merge_job, resolve_backup
 from timesheet_backup.decisions.schedules import verification_body
 from timesheet_backup.jobs import manifests, pod
@@ -425,3 +425,48 @@ def test_settings_take_job_defaults(tmp_path: Path) -> None:
         serviceAccountName="backup", imagePullSecrets=["registry"], priorityClassName="high",
         env=[{"name": "NO_PROXY", "value": ".svc"}], podLabels={"team": "t"},
         podAnnotations={"a": "b"})
+
+
+# --- ttlSecondsAfterFinished (how long finished Jobs and their logs stay) ---------------------
+
+
+def ttl_of(manifest: dict[str, Any]) -> int:
+    return int(manifest["spec"]["ttlSecondsAfterFinished"])
+
+
+def test_ttl_default_is_a_day() -> None:
+    assert ttl_of(make()) == pod.DEFAULT_TTL_SECONDS_AFTER_FINISHED == 86400
+
+
+@pytest.mark.parametrize(("defaults", "own", "expected"), [
+    ({}, {"ttlSecondsAfterFinished": 5}, 5),
+    ({"ttlSecondsAfterFinished": 259200}, {}, 259200),
+    ({"ttlSecondsAfterFinished": 259200}, {"ttlSecondsAfterFinished": 0}, 0),  # 0 is a value
+    ({"priorityClassName": "p"}, {}, 86400),
+])
+def test_ttl_merges_like_any_scalar(defaults: dict[str, Any], own: dict[str, Any],
+                                    expected: int) -> None:
+    config = config_with(**defaults)
+    for kind, manifest in every_job(own, config):
+        assert ttl_of(manifest) == expected, kind
+
+
+def test_ttl_is_refused_below_zero_by_the_schema() -> None:
+    schema = schema_for(models.JobSpec)["properties"]["ttlSecondsAfterFinished"]
+    assert schema["minimum"] == 0 and schema["type"] == "integer"
+
+
+def test_the_old_operator_wide_ttl_key_becomes_the_jobs_default(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("jobTtlSecondsAfterFinished: 3600\n")
+    loaded = settings.load({"TSB_CONFIG": str(config)})
+    assert loaded.defaults.job == job(ttlSecondsAfterFinished=3600)
+    assert ttl_of(make(config=loaded)) == 3600
+    config.write_text("jobTtlSecondsAfterFinished: 3600\n"
+                      "defaults: {job: {ttlSecondsAfterFinished: 3600, backoffLimit: 2}}\n")
+    assert settings.load({"TSB_CONFIG": str(config)}).defaults.job == job(
+        ttlSecondsAfterFinished=3600, backoffLimit=2)
+    config.write_text("jobTtlSecondsAfterFinished: 3600\n"
+                      "defaults: {job: {ttlSecondsAfterFinished: 60}}\n")
+    with pytest.raises(SpecError, match="replaced by the latter"):
+        settings.load({"TSB_CONFIG": str(config)})

@@ -11,7 +11,7 @@ import pytest
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.jobs import agent_args
-from timesheet_backup.jobs.pod import required_secrets
+from timesheet_backup.jobs.pod import deletion_secrets, required_secrets
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +75,22 @@ def test_optional_and_repeated_references() -> None:
         {"name": "E", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     assert required_secrets(env) == [("s", "k")]
+
+
+def test_the_delete_credentials_never_reach_a_job() -> None:
+    """storage.deleteCredentialsSecretRef is the operator's: not in a backup or restore
+    Job's env or volumes, so the Jobs' own key can be one that cannot delete."""
+    storage = {"bucket": "b", "credentialsSecretRef": CREDS,
+               "deleteCredentialsSecretRef": {"name": "backup-s3-delete"}}
+    backup = parse(models.BackupSpec, {"components": ["database"], "database": DB,
+                                       "storage": storage})
+    assert agent_args.backup_secrets(backup) == [("timesheet-db", "password"), *S3_KEYS]
+    assert "backup-s3-delete" not in str(agent_args.backup_env(backup))
+    assert "backup-s3-delete" not in str(agent_args.backup_volumes(backup))
+    restore = parse(models.RestoreSpec, {"backupName": "nightly"})
+    assert agent_args.restore_secrets(restore, resolved(storage)) == [
+        ("timesheet-db", "password"), *S3_KEYS]
+    assert deletion_secrets(backup.storage) == [
+        ("backup-s3-delete", "AWS_ACCESS_KEY_ID"), ("backup-s3-delete", "AWS_SECRET_ACCESS_KEY")]
+    assert deletion_secrets(parse(models.StorageSpec, {"bucket": "b"})) == []
+    assert deletion_secrets(None) == []

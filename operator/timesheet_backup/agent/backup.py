@@ -7,7 +7,8 @@ Order of a backup:
    tar never touch the disk; the directory format is dumped to a work directory first);
 3. each object is confirmed from the store's side (size, and SHA-256 or ETag);
 4. `manifest.json` is written last. On any failure the objects of this run are deleted
-   (best effort) and no manifest is written: no manifest, no backup.
+   (best effort: a write-only key may not, then the operator does when the Backup is
+   deleted) and no manifest is written: no manifest, no backup.
 """
 
 from __future__ import annotations
@@ -329,4 +330,9 @@ def _delete_quietly(store: S3Store, keys: list[str]) -> None:
     try:
         store.delete(keys)
     except Exception as exc:
-        log.warning("could not delete the partial objects of this backup: %s", exc)
+        # Expected with a key that may not delete (storage.deleteCredentialsSecretRef): the
+        # operator removes them with its own key when the Backup is deleted. Never raised:
+        # the failure that brought us here is the one to report.
+        log.warning("could not delete the partial objects of this backup (they stay until "
+                    "the Backup is deleted, without a manifest they are never a backup): %s",
+                    exc)

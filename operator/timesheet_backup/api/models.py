@@ -165,6 +165,13 @@ class StorageSpec:
         "of job.serviceAccountName (workload identity; without one they have none), for the "
         "operator's own S3 calls its own ServiceAccount's (e.g. IRSA).", default=None
     )
+    delete_credentials_secret_ref: CredentialsSecretRef | None = field(
+        "Secret with the S3 keys the operator deletes with: retention's pruning and "
+        "deletionPolicy Delete (which also removes a failed run's partial objects). The Jobs "
+        "never get it, so credentialsSecretRef can be a key that cannot delete (a stolen one "
+        "cannot erase the backups; docs/security.md). Absent: credentialsSecretRef (or the "
+        "operator's identity) deletes too. Not used by Restores.", default=None
+    )
     storage_class: str | None = field(
         "S3 storage class of the artifacts, e.g. STANDARD_IA.",
         default=None,
@@ -261,6 +268,13 @@ class JobSpec:
         default=None,
         minimum=0,
         maximum=10,
+    )
+    ttl_seconds_after_finished: int | None = field(
+        "Seconds a finished Job (and its pods, with their logs) is kept before Kubernetes "
+        "removes it; the outcome stays in the object's status. Default 86400 (a day).",
+        default=None,
+        minimum=0,
+        maximum=366 * 86400,
     )
     resources: Any = field("Resource requests and limits of the agent container.", default=None)
     node_selector: dict[str, str] | None = field("Node selector of the pod.", default=None)

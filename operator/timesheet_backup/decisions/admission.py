@@ -26,7 +26,13 @@ from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.api.validation import SYSTEM_DATABASES
 from timesheet_backup.constants import AGE_IDENTITY_ENV
 from timesheet_backup.jobs import agent_args
-from timesheet_backup.jobs.pod import SecretVolume, required_secrets, secret_env, storage_env
+from timesheet_backup.jobs.pod import (
+    SecretVolume,
+    deletion_secrets,
+    required_secrets,
+    secret_env,
+    storage_env,
+)
 from timesheet_backup.schedule import cron
 
 # The kinds the webhook is registered for, with the spec model each one parses into.
@@ -113,6 +119,22 @@ def secrets_needed(kind: str, spec: Mapping[str, Any] | None, defaults: Defaults
                             agent_args.backup_volumes(resolved)), []
 
 
+def deletion_secrets_needed(kind: str, spec: Mapping[str, Any] | None, defaults: Defaults
+                            ) -> list[tuple[str, str]]:
+    """The (Secret, key) pairs the operator reads to delete the objects of the Backups this
+    object makes (storage.deleteCredentialsSecretRef): not a Job's. Restores delete nothing.
+    Call only for a spec refusal() let through."""
+    if kind == c.KIND_RESTORE:
+        return []
+    template = (spec or {}).get("template", {}).get("spec") if kind == c.KIND_SCHEDULE \
+        else spec
+    try:
+        resolved = resolve_backup(template, defaults)
+    except (ResolveError, SpecError):
+        return []  # secrets_needed() already warns about the incomplete settings
+    return deletion_secrets(resolved.storage)
+
+
 def _restore_secrets(spec: models.RestoreSpec) -> list[tuple[str, str]]:
     # Only what the spec names itself: the rest comes from the Backup, which the operator
     # checks when the Restore starts (SecretMissing).
@@ -133,9 +155,16 @@ def _restore_secrets(spec: models.RestoreSpec) -> list[tuple[str, str]]:
 
 
 def verdict(refused: str | None, missing_secrets: Sequence[str],
-            warnings: Sequence[str]) -> Verdict:
+            warnings: Sequence[str], missing_deletion_secrets: Sequence[str] = ()) -> Verdict:
     if refused:
         return Verdict(allowed=False, message=refused)
     return Verdict(allowed=True, warnings=tuple(
         [f"{problem}: the Jobs cannot start until it exists" for problem in missing_secrets]
+        + [deletion_secret_warning(problem) for problem in missing_deletion_secrets]
         + list(warnings)))
+
+
+def deletion_secret_warning(problem: str) -> str:
+    """A missing storage.deleteCredentialsSecretRef: backups still run, deletes wait."""
+    return (f"{problem} (storage.deleteCredentialsSecretRef): backups run, but the operator "
+            "cannot delete their objects (retention, deletionPolicy Delete) until it exists")

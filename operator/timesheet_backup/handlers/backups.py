@@ -15,6 +15,7 @@ from timesheet_backup import kube
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.decisions.admission import deletion_secret_warning
 from timesheet_backup.decisions.backups import deletion
 from timesheet_backup.errors import AgentError, ConfigError, MissingBucket
 from timesheet_backup.handlers import bucket
@@ -35,6 +36,7 @@ from timesheet_backup.handlers.common import (
 from timesheet_backup.jobs import agent_args
 from timesheet_backup.jobs.manifests import backup_job, uploads_claim
 from timesheet_backup.jobs.outcome import job_outcome
+from timesheet_backup.jobs.pod import deletion_secrets
 from timesheet_backup.status import human_size, parse_time, timestamp
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as manifests
@@ -77,6 +79,12 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         enter(body, patch, "Pending", "WaitingForRestore",
               f"waiting for {blocker} of the same database to finish", Status())
         return
+    # The operator's own delete key: its absence does not stop the backup, only (later) the
+    # deletion of its objects, so it is a warning in status and an Event, not a failure.
+    delete_problems = [deletion_secret_warning(p) for p in
+                       missing_secrets(namespace, deletion_secrets(spec.storage))]
+    for problem in delete_problems:
+        post_event(body, "Warning", "DeleteSecretMissing", problem)
     claim = uploads_claim(spec)
     users = claim_users(namespace, claim)
     explicit = spec.job.pod_security_context if spec.job else None
@@ -86,7 +94,7 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     job_name = manifest["metadata"]["name"]
     enter(body, patch, "Running", "JobStarted", f"backup Job {job_name} started", Status(
         job_name=job_name, start_time=timestamp(now()), backup_id=meta["uid"],
-        warnings=insecure_settings(body, spec.storage),
+        warnings=((insecure_settings(body, spec.storage) or []) + delete_problems) or None,
         job_identity=chosen.description,
         manifest_key=manifest_key, components=",".join(spec.components),
         database_target=target, resolved=dump(spec),
@@ -114,6 +122,22 @@ def discard_incomplete_uploads(body: Mapping[str, Any]) -> None:
                    f"{', '.join(sorted(set(aborted)))}")
 
 
+def committed(body: Mapping[str, Any]) -> bool:
+    """Whether this Backup's manifest (the commit marker) is in the bucket: a Job that
+    finished and was removed (job.ttlSecondsAfterFinished shorter than a poll) before the
+    operator saw it is then a success, not a vanished run."""
+    st = body.get("status") or {}
+    try:
+        spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
+        if spec.storage is None or not st.get("manifestKey"):
+            return False
+        manifest = manifests.read(bucket.open_store(spec.storage, body["metadata"]["namespace"]),
+                                  st["manifestKey"])
+    except (LookupError, AgentError, SpecError, BotoCoreError, ClientError):
+        return False
+    return manifest.backup_id == st.get("backupId")
+
+
 def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     st = body.get("status") or {}
     namespace = body["metadata"]["namespace"]
@@ -123,7 +147,7 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
     if outcome.state == "running":
         return
     discard_incomplete_uploads(body)
-    if outcome.state == "failed":
+    if outcome.state == "failed" and not (outcome.reason == "JobMissing" and committed(body)):
         enter(body, patch, "Failed", outcome.reason, outcome.message, Status(), event="Warning")
         return
     spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
@@ -191,8 +215,9 @@ def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         raise kopf.TemporaryError(step.message, delay=step.delay)
     write(patch, Status(phase="Deleting", message="deleting the backup's objects"))
     try:
-        count = bucket.delete_backup_objects(bucket.open_store(spec.storage, namespace),
-                                             st["manifestKey"], all_versions=step.all_versions)
+        count = bucket.delete_backup_objects(
+            bucket.open_store(spec.storage, namespace, deleting=True), st["manifestKey"],
+            all_versions=step.all_versions)
     except MissingBucket as exc:
         post_event(body, "Normal", "Deleted", f"nothing to delete: {exc}")
         return

@@ -2,7 +2,9 @@
 are read with `storage.manifest.read`, as the agent reads them).
 
 Credentials come from the same Secret the Jobs use (read with the operator's RBAC), or from
-the operator pod's cloud identity when the storage names no Secret."""
+the operator pod's cloud identity when the storage names no Secret; deletes use
+storage.deleteCredentialsSecretRef when it is set (docs/security.md, "Writers that cannot
+delete")."""
 
 from __future__ import annotations
 
@@ -14,11 +16,16 @@ from timesheet_backup.storage.layout import dir_of_manifest
 from timesheet_backup.storage.s3 import Credentials, S3Settings, S3Store, ca_bundle_file
 
 
-def open_store(storage: models.StorageSpec, namespace: str) -> S3Store:
-    """Raises LookupError for a missing Secret, StorageError for a bad bucket setting,
+def open_store(storage: models.StorageSpec, namespace: str, *, deleting: bool = False
+               ) -> S3Store:
+    """`deleting`: with storage.deleteCredentialsSecretRef when set -- the only key that may
+    delete, which no Job ever gets -- else with the same credentials as for reading.
+    Raises LookupError for a missing Secret, StorageError for a bad bucket setting,
     ConfigError for a CA bundle without a certificate."""
     creds = None
     ref = storage.credentials_secret_ref
+    if deleting and storage.delete_credentials_secret_ref is not None:
+        ref = storage.delete_credentials_secret_ref
     if ref is not None:
         creds = Credentials(
             access_key_id=kube.read_secret_key(namespace, ref.name, ref.access_key_id_key),

@@ -39,6 +39,9 @@ PRIVATE_KEY_MODE_FS_GROUP = 0o440
 PRIVATE_KEY_MODE_NO_FS_GROUP = 0o444
 DEFAULT_DEADLINE_SECONDS = 3600
 DEFAULT_BACKOFF_LIMIT = 1
+# Finished Jobs are kept a day unless job.ttlSecondsAfterFinished says otherwise: long enough
+# for the runbooks' `kubectl logs job/...` the morning after a nightly run.
+DEFAULT_TTL_SECONDS_AFTER_FINISHED = 86400
 MAX_NAME = 63
 
 
@@ -120,8 +123,22 @@ def secret_volume(volume: SecretVolume, pod_security: Mapping[str, Any]) -> dict
 
 
 def storage_env(storage: models.StorageSpec) -> list[dict[str, Any]]:
-    """S3 credentials from their Secret; none when the pod's cloud identity is used."""
-    creds = storage.credentials_secret_ref
+    """S3 credentials from their Secret; none when the pod's cloud identity is used. Never
+    storage.deleteCredentialsSecretRef: only the operator deletes (deletion_secrets)."""
+    return credentials_env(storage.credentials_secret_ref)
+
+
+def deletion_secrets(storage: models.StorageSpec | None) -> list[tuple[str, str]]:
+    """(Secret, key) pairs the operator itself reads to delete a Backup's objects
+    (storage.deleteCredentialsSecretRef), never a Job: a missing one does not keep a backup
+    from running, it keeps its objects from being deleted (a warning, not SecretMissing)."""
+    if storage is None or storage.delete_credentials_secret_ref is None:
+        return []
+    return required_secrets(credentials_env(storage.delete_credentials_secret_ref))
+
+
+def credentials_env(creds: models.CredentialsSecretRef | None) -> list[dict[str, Any]]:
+    """The AWS_* variables of an S3 credentials Secret, as boto3's default chain reads them."""
     if creds is None:
         return []
     env = secret_env("AWS_ACCESS_KEY_ID", models.SecretKeyRef(name=creds.name,
@@ -301,7 +318,9 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
             "backoffLimit": (DEFAULT_BACKOFF_LIMIT if tuning.backoff_limit is None
                              else tuning.backoff_limit),
             "activeDeadlineSeconds": tuning.active_deadline_seconds or DEFAULT_DEADLINE_SECONDS,
-            "ttlSecondsAfterFinished": config.job_ttl_seconds_after_finished,
+            "ttlSecondsAfterFinished": (DEFAULT_TTL_SECONDS_AFTER_FINISHED
+                                        if tuning.ttl_seconds_after_finished is None
+                                        else tuning.ttl_seconds_after_finished),
             "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
