@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -58,15 +58,35 @@ def not_found(exc: ApiException) -> bool:
     return exc.status == 404
 
 
-def create_job(manifest: Mapping[str, Any]) -> bool:
-    """Create the Job; False when it already exists (a retry after an operator restart)."""
+def _unless_conflict(call: Callable[[], Any]) -> bool:
+    """Run a create or a replace; False when the API server answers 409 Conflict: the object
+    exists already, or someone changed it since its resourceVersion was read (optimistic
+    concurrency). The caller decides what that means (a retry, read again, lost the race)."""
     try:
-        batch().create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest))
+        call()
     except ApiException as exc:
         if exc.status == 409:
             return False
         raise
     return True
+
+
+def _create_or_replace(create: Callable[..., Any], replace: Callable[..., Any],
+                       body: Mapping[str, Any], timeout: float) -> bool:
+    """Create `body` (no metadata.resourceVersion) or replace the version it names;
+    False on a conflict (see _unless_conflict)."""
+    meta = body["metadata"]
+    if meta.get("resourceVersion"):
+        return _unless_conflict(lambda: replace(meta["name"], meta["namespace"], dict(body),
+                                                _request_timeout=timeout))
+    return _unless_conflict(lambda: create(meta["namespace"], dict(body),
+                                           _request_timeout=timeout))
+
+
+def create_job(manifest: Mapping[str, Any]) -> bool:
+    """Create the Job; False when it already exists (a retry after an operator restart)."""
+    return _unless_conflict(
+        lambda: batch().create_namespaced_job(manifest["metadata"]["namespace"], dict(manifest)))
 
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
@@ -154,14 +174,9 @@ def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
 
 
 def create_custom(namespace: str, plural: str, body: Mapping[str, Any]) -> bool:
-    try:
-        custom().create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural,
-                                                 dict(body))
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-    return True
+    """Create the object; False when it already exists."""
+    return _unless_conflict(lambda: custom().create_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, plural, dict(body)))
 
 
 def patch_custom_status(namespace: str, plural: str, name: str,
@@ -257,39 +272,30 @@ def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def _lease(namespace: str, name: str, spec: Mapping[str, Any],
+           resource_version: str | None = None) -> dict[str, Any]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY},
+                         **({"resourceVersion": resource_version} if resource_version else {})},
+            "spec": dict(spec)}
+
+
 def create_lease(namespace: str, name: str, spec: Mapping[str, Any]) -> bool:
     """False when another replica created it first."""
-    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY}},
-            "spec": dict(spec)}
-    try:
-        coordination().create_namespaced_lease(namespace, body,
-                                                _request_timeout=LEASE_REQUEST_TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-    return True
+    return _create_or_replace(coordination().create_namespaced_lease,
+                              coordination().replace_namespaced_lease,
+                              _lease(namespace, name, spec), LEASE_REQUEST_TIMEOUT)
 
 
 def replace_lease(namespace: str, name: str, resource_version: str,
                   spec: Mapping[str, Any]) -> bool:
     """Write the Lease only if nobody changed it since `resource_version` was read
     (optimistic concurrency: two candidates cannot both win); False on a conflict."""
-    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace,
-                         "resourceVersion": resource_version,
-                         "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY}},
-            "spec": dict(spec)}
-    try:
-        coordination().replace_namespaced_lease(name, namespace, body,
-                                                 _request_timeout=LEASE_REQUEST_TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-    return True
+    return _create_or_replace(coordination().create_namespaced_lease,
+                              coordination().replace_namespaced_lease,
+                              _lease(namespace, name, spec, resource_version),
+                              LEASE_REQUEST_TIMEOUT)
 
 
 # --- the admission webhook's certificate (webhook.py) ---------------------------------------
@@ -318,18 +324,8 @@ def write_tls_secret(namespace: str, name: str, data: Mapping[str, str],
                          "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY},
                          **({"resourceVersion": resource_version} if resource_version else {})},
             "data": dict(data)}
-    try:
-        if resource_version is None:
-            core().create_namespaced_secret(namespace, body,
-                                            _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
-        else:
-            core().replace_namespaced_secret(name, namespace, body,
-                                             _request_timeout=WEBHOOK_REQUEST_TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-    return True
+    return _create_or_replace(core().create_namespaced_secret, core().replace_namespaced_secret,
+                              body, WEBHOOK_REQUEST_TIMEOUT)
 
 
 def set_webhook_ca_bundle(name: str, ca_bundle: str) -> bool:

@@ -177,6 +177,8 @@ class WebhookSettings:
     service: str
     configuration: str
     secret: str
+    host: str = ""  # parsed from `address` once, here: "" listens on every interface
+    port: int = 0
 
 
 def webhook(environ: Mapping[str, str] | None = None) -> WebhookSettings | None:
@@ -191,10 +193,11 @@ def webhook(environ: Mapping[str, str] | None = None) -> WebhookSettings | None:
     unset = [name for name, value in values.items() if not value]
     if unset:
         raise SpecError(f"TSB_WEBHOOK_ADDRESS is set, so these must be too: {', '.join(unset)}")
-    _host, sep, port = address.rpartition(":")
+    host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise SpecError(f"TSB_WEBHOOK_ADDRESS must be host:port, not {address!r}")
-    return WebhookSettings(address=address, namespace=values["POD_NAMESPACE"],
+    return WebhookSettings(address=address, host=host.strip("[]"), port=int(port),
+                           namespace=values["POD_NAMESPACE"],
                            service=values["TSB_WEBHOOK_SERVICE"],
                            configuration=values["TSB_WEBHOOK_CONFIGURATION"],
                            secret=values["TSB_WEBHOOK_SECRET"])

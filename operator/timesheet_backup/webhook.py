@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from timesheet_backup import kube
+from timesheet_backup.actions.common import missing_secrets
 from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.decisions import admission
-from timesheet_backup.handlers.common import missing_secrets
 from timesheet_backup.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -239,8 +239,7 @@ def serve(cfg: WebhookSettings, defaults: Defaults) -> None:
 def _start(cfg: WebhookSettings, defaults: Defaults) -> None:
     material = ensure_material(cfg, dt.datetime.now(dt.UTC))
     ca_bundle = base64.b64encode(material.ca).decode()
-    host, _sep, port = cfg.address.rpartition(":")
-    server = _Server((host.strip("[]") or "0.0.0.0", int(port)),  # noqa: S104
+    server = _Server((cfg.host or "0.0.0.0", cfg.port),  # noqa: S104
                      _handler(defaults))
     server.socket = _server_context(material).wrap_socket(
         server.socket, server_side=True, do_handshake_on_connect=False)

@@ -27,8 +27,8 @@ from botocore.exceptions import ClientError
 
 from tests.support.agent import agent_env, read_manifest, run_agent, s3_args
 from tests.support.s3server import S3Server
+from timesheet_backup.actions.bucket import delete_backup_objects
 from timesheet_backup.errors import StorageError
-from timesheet_backup.handlers.bucket import delete_backup_objects
 from timesheet_backup.storage.s3 import S3Settings, S3Store
 
 PREFIX = "backups"

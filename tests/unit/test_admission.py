@@ -200,7 +200,13 @@ def test_webhook_settings() -> None:
     assert settings.webhook({"TSB_WEBHOOK_ADDRESS": " "}) is None
     assert settings.webhook(FULL_ENV) == settings.WebhookSettings(
         address="0.0.0.0:9443", namespace="tsb", service="svc", configuration="cfg",
-        secret="tls")
+        secret="tls", host="0.0.0.0", port=9443)
+    assert settings.webhook({**FULL_ENV, "TSB_WEBHOOK_ADDRESS": "[::1]:8443"}) == \
+        settings.WebhookSettings(address="[::1]:8443", namespace="tsb", service="svc",
+                                 configuration="cfg", secret="tls", host="::1", port=8443)
+    every_interface = settings.webhook({**FULL_ENV, "TSB_WEBHOOK_ADDRESS": ":9443"})
+    assert every_interface is not None and (every_interface.host, every_interface.port) == (
+        "", 9443)
     with pytest.raises(SpecError, match="TSB_WEBHOOK_SERVICE, TSB_WEBHOOK_SECRET"):
         settings.webhook({**FULL_ENV, "TSB_WEBHOOK_SERVICE": "", "TSB_WEBHOOK_SECRET": ""})
     for bad in ("9443", "host:http", "host:0", "host:70000"):

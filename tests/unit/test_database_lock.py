@@ -1,4 +1,4 @@
-"""The per-database lock between Backups and Restores (handlers.common.lock_database): the API
+"""The per-database lock between Backups and Restores (actions.common.lock_database): the API
 shows what runs; in-process claims cover decisions whose status patch has not landed yet."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from timesheet_backup.handlers import common
+from timesheet_backup.actions import common
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,9 @@
 - The agent (what Job pods run, with no ServiceAccount token) reaches no handler, kopf or
   Kubernetes client.
 - The handlers do not import the agent: what they share with it is in the core and storage.
+- The act layer (actions: Kubernetes and S3 calls, status writes, the database lock) runs
+  what the decisions decide; handlers import it, it imports no handler and no agent. The
+  decisions (part of the core) import neither.
 
 Imports under `if TYPE_CHECKING:` are left out: they never run. Every top-level module is
 placed in a layer, so a new one cannot stay outside the rules."""
@@ -32,19 +35,23 @@ LAYERS: dict[str, frozenset[str]] = {
                        "schedule", "settings", "status"}),
     "storage": frozenset({"storage"}),  # S3 (boto3), manifests, key layout
     "agent": frozenset({"agent"}),  # inside Job pods: pg_dump, tar, streams, restore
-    "cluster": frozenset({"handlers", "kube", "election", "operator_cli", "crds_cli",
-                          "webhook"}),
+    "cluster": frozenset({"handlers", "actions", "kube", "election", "operator_cli",
+                          "crds_cli", "webhook"}),
     "entry": frozenset({"__init__", "__main__", "cli"}),  # dispatches to the others
 }
 
-CLUSTER_CLIENTS = ("kopf", "kubernetes", "timesheet_backup.handlers", "timesheet_backup.kube",
-                   "timesheet_backup.election", "timesheet_backup.operator_cli")
+CLUSTER_CLIENTS = ("kopf", "kubernetes", "timesheet_backup.handlers", "timesheet_backup.actions",
+                   "timesheet_backup.kube", "timesheet_backup.election",
+                   "timesheet_backup.operator_cli")
 RULES: dict[str, tuple[str, ...]] = {
     "core": (*CLUSTER_CLIENTS, "timesheet_backup.agent", "boto3", "botocore", "psycopg",
              "subprocess"),
     "storage": (*CLUSTER_CLIENTS, "timesheet_backup.agent"),
     "agent": CLUSTER_CLIENTS,
     "handlers": ("timesheet_backup.agent",),  # a part of the cluster layer
+    # The act layer executes decisions (with decisions, kube, storage, jobs); it never calls
+    # back into the kopf entry points that call it.
+    "actions": ("timesheet_backup.agent", "timesheet_backup.handlers"),
 }
 
 
@@ -170,12 +177,19 @@ def test_the_check_sees_direct_lazy_relative_and_transitive_imports() -> None:
         "timesheet_backup.agent.cli": "import timesheet_backup.handlers.backups\n",
         "timesheet_backup.handlers": "",
         "timesheet_backup.handlers.backups": "from timesheet_backup.agent import errors\n",
+        "timesheet_backup.actions": "",
+        "timesheet_backup.actions.run": "from timesheet_backup.handlers import backups\n",
+        "timesheet_backup.jobs.act": "from timesheet_backup.actions import run\n",
     }
     assert violations(sources) == [
+        "timesheet_backup.actions.run -> timesheet_backup.handlers.backups "
+        "(no timesheet_backup.handlers here)",
         "timesheet_backup.agent.cli -> timesheet_backup.handlers.backups "
         "(no timesheet_backup.handlers here)",
         "timesheet_backup.handlers.backups -> timesheet_backup.agent.errors "
         "(no timesheet_backup.agent here)",
+        "timesheet_backup.jobs.act -> timesheet_backup.actions.run "
+        "(no timesheet_backup.actions here)",
         "timesheet_backup.jobs.lazy -> kubernetes (no kubernetes here)",
         "timesheet_backup.jobs.pod -> kopf (no kopf here)",
         "timesheet_backup.jobs.relative -> timesheet_backup.kube (no timesheet_backup.kube here)",

@@ -10,7 +10,7 @@ import pytest
 
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
-from timesheet_backup.handlers.schedules import backup_body, last_run_condition
+from timesheet_backup.decisions.schedules import backup_body, last_run_condition
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The one status writer (handlers.common.write/enter): typed status models in, kopf's status
+"""The one status writer (actions.common.write/enter): typed status models in, kopf's status
 patch out. Only the fields set are written, `clear` removes a field with a null, and a phase
 change brings its conditions. The Restore's step table names every step of the decisions."""
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from timesheet_backup.actions import common
 from timesheet_backup.api import models
 from timesheet_backup.decisions import restores as decide
-from timesheet_backup.handlers import common, restores
+from timesheet_backup.handlers import restores
 
 pytestmark = pytest.mark.unit
 

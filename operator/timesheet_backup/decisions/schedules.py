@@ -1,6 +1,7 @@
 """What a BackupSchedule decides (pure): the Backup of a run, the Restore of a restore test,
-which Backups a restore test proved restorable, and which Backups retention prunes and why --
-all from what handlers/schedules.py observed."""
+which Backups a restore test proved restorable, which Backups retention prunes and why, and
+each tick's run, restore test and conditions -- all from what handlers/schedules.py observed,
+with `now` passed in."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
-from timesheet_backup.api.fields import dump
+from timesheet_backup.api.defaults import Defaults
+from timesheet_backup.api.fields import SpecError, dump, parse
+from timesheet_backup.api.resolve import ResolveError, resolve_backup
+from timesheet_backup.decisions.backups import database_target
 from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import planner, retention
-from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
+from timesheet_backup.status import (
+    TERMINAL_PHASES,
+    condition,
+    merge_conditions,
+    parse_time,
+    timestamp,
+)
 
 # Argo CD's tracking label (its default `application.instanceLabelKey`) and annotations. A
 # Backup created by a schedule must not carry them (e.g. copied into the template from a
@@ -265,3 +275,219 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
                    and not (d.name in locks and locks[d.name] > next_run)]
         status["nextPruned"] = _entries(preview)
     return result
+
+
+# --- the tick -----------------------------------------------------------------------------
+
+
+KEEP_VERIFICATIONS = 3
+CANNOT_CREATE = "cannot create a Backup"
+
+
+def active(backups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The schedule's Backups still at work (not finished, not being deleted)."""
+    return [b for b in backups if (b.get("status") or {}).get("phase") not in
+            ("Succeeded", "Failed") and not b["metadata"].get("deletionTimestamp")]
+
+
+@dataclass
+class Run:
+    """The run this tick: `skipped` says why a due run is not created; else `name` is the
+    Backup to create (None: none due), after deleting `replace` (concurrencyPolicy Replace),
+    unless a Restore runs against `database_target`."""
+
+    next_schedule_time: str | None = None
+    last_schedule_time: str | None = None
+    skipped: str | None = None
+    name: str | None = None
+    replace: list[str] = field(default_factory=list)
+    database_target: str | None = None
+
+
+def due_run(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
+            backups: Sequence[Mapping[str, Any]], defaults: Defaults, now: datetime) -> Run:
+    """Plan the run (cron, catch-up, startingDeadlineSeconds, runOnCreate, suspend), then
+    apply concurrencyPolicy and resolve the template to find its database."""
+    meta = schedule["metadata"]
+    st = schedule.get("status") or {}
+    plan = planner.plan(spec.schedule, spec.time_zone, now,
+                        parse_time(meta.get("creationTimestamp")) or now,
+                        parse_time(st.get("lastScheduleTime")), spec.starting_deadline_seconds,
+                        spec.run_on_create, spec.suspend)
+    run = Run(next_schedule_time=timestamp(plan.next_time) if plan.next_time else None,
+              last_schedule_time=(timestamp(plan.record_time)
+                                  if plan.record_time is not None else None))
+    if plan.skipped:
+        run.skipped = plan.skipped
+        return run
+    if plan.run_at is None:
+        return run
+    running = active(backups)
+    if running and spec.concurrency_policy == "Forbid":
+        run.skipped = (f"skipped a run: Backup {running[0]['metadata']['name']} is still "
+                       "running (concurrencyPolicy Forbid)")
+        return run
+    try:
+        resolved = resolve_backup(dump(spec.template.spec) if spec.template.spec else {},
+                                  defaults)
+    except (ResolveError, SpecError) as exc:
+        run.skipped = f"{CANNOT_CREATE}: {exc}"
+        return run
+    run.database_target = database_target(dump(resolved.database)) \
+        if "database" in resolved.components else None
+    run.name = planner.backup_name(meta["name"], plan.run_at)
+    if running and spec.concurrency_policy == "Replace":
+        run.replace = [b["metadata"]["name"] for b in running]
+    return run
+
+
+def blocked(restore: str) -> str:
+    return f"skipped a run: Restore {restore} of the same database is running"
+
+
+def last_run_condition(backups: Sequence[Mapping[str, Any]],
+                       conditions: list[dict[str, Any]] | None, create_error: str | None,
+                       clock: datetime, generation: int | None) -> dict[str, Any]:
+    """The schedule's `Failed` condition: True while its last run failed -- the newest
+    finished Backup failed, or no Backup could be created -- until a Backup that finished
+    after the failure succeeds. (A failed Backup pruned by retention, `keepFailed: 0`, so
+    does not clear it: only a later success does.)"""
+    previous = next((x for x in conditions or [] if x.get("type") == "Failed"), None)
+    if create_error:
+        return condition("Failed", "True", "BackupNotCreated", create_error, clock, generation)
+    finished = [b for b in backups
+                if (b.get("status") or {}).get("phase") in TERMINAL_PHASES]
+    if not finished:
+        return {**previous, "observedGeneration": generation} if previous else condition(
+            "Failed", "False", "NoRunYet", "no Backup has finished yet", clock, generation)
+    newest = max(finished, key=lambda b: (time_of(b), b["metadata"]["name"]))
+    name, st = newest["metadata"]["name"], newest["status"]
+    if st["phase"] == "Failed":
+        return condition("Failed", "True", "BackupFailed",
+                         f"Backup {name} failed: {st.get('message') or 'no message'}",
+                         clock, generation)
+    failed_since = parse_time(previous.get("lastTransitionTime")) \
+        if previous and previous.get("status") == "True" else None
+    if previous and failed_since and time_of(newest) < failed_since:
+        return {**previous, "observedGeneration": generation}
+    return condition("Failed", "False", "BackupSucceeded", f"Backup {name} succeeded", clock,
+                     generation)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A restore test that finished since the last tick: the result for
+    `status.lastVerification`, and the Event that says it."""
+
+    result: models.VerificationResult
+    event_type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def finished_verification(runs: Sequence[Mapping[str, Any]],
+                          last: Mapping[str, Any] | None) -> Finished | None:
+    """The newest restore test, when it finished and is not yet `last` (lastVerification)."""
+    if not runs:
+        return None
+    newest = runs[-1]
+    rst = newest.get("status") or {}
+    if rst.get("phase") not in TERMINAL_PHASES or \
+            (last or {}).get("time") == rst.get("completionTime"):
+        return None
+    result = models.VerificationResult(
+        # completionTime is written with a terminal phase (status.transition)
+        time=rst.get("completionTime"),  # type: ignore[arg-type]
+        result=rst["phase"],
+        message=rst.get("message") or "",
+        backup_name=(newest.get("spec") or {}).get("backupName"))
+    return Finished(result, "Normal" if rst["phase"] == "Succeeded" else "Warning",
+                    f"Verification{rst['phase']}",
+                    f"restore test of {result.backup_name}: {result.message}")
+
+
+def old_verifications(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The restore-test Restores to delete: all but the newest KEEP_VERIFICATIONS."""
+    return [r["metadata"]["name"] for r in runs[:-KEEP_VERIFICATIONS]]
+
+
+@dataclass(frozen=True)
+class NextTest:
+    """The restore test this tick: `record_time` for lastVerificationScheduleTime; `create`
+    (a Restore body) to start one, or `failed` to record that none could start."""
+
+    record_time: str | None = None
+    create: dict[str, Any] | None = None
+    failed: models.VerificationResult | None = None
+
+
+def next_verification(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
+                      runs: Sequence[Mapping[str, Any]], backups: Sequence[Mapping[str, Any]],
+                      now: datetime) -> NextTest:
+    """Start a restore test when due, one at a time, of the newest successful database
+    backup."""
+    verification = spec.verification
+    if verification is None:
+        return NextTest()
+    meta = schedule["metadata"]
+    plan = planner.plan(verification.schedule, spec.time_zone, now,
+                        parse_time(meta.get("creationTimestamp")) or now,
+                        parse_time((schedule.get("status") or {})
+                                   .get("lastVerificationScheduleTime")))
+    record = timestamp(plan.record_time) if plan.record_time is not None else None
+    if plan.run_at is None or \
+            any((r.get("status") or {}).get("phase") not in TERMINAL_PHASES for r in runs):
+        return NextTest(record)
+    good = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"
+            and "database" in ((b.get("status") or {}).get("components") or "").split(",")]
+    if not good:
+        return NextTest(record, failed=models.VerificationResult(
+            time=timestamp(now), result="Failed",
+            message="no successful database backup to verify"))
+    name = planner.backup_name(f"{meta['name']}-verify", plan.run_at)
+    return NextTest(record, create=verification_body(schedule, verification,
+                                                     max(good, key=time_of), name))
+
+
+def ready_condition(spec: models.BackupScheduleSpec, next_time: str | None, now: datetime,
+                    generation: int | None) -> dict[str, Any]:
+    if spec.suspend:
+        return condition("Ready", "True", "Suspended", "suspended: no new Backups", now,
+                         generation)
+    return condition("Ready", "True", "Scheduled", f"next run {next_time}", now, generation)
+
+
+def summary(fields: models.BackupScheduleStatus, spec: models.BackupScheduleSpec,
+            backups: Sequence[Mapping[str, Any]], previous: Mapping[str, Any],
+            skipped: str | None, now: datetime) -> None:
+    """Complete the tick's status (`fields`): last success, active Backups, conditions and
+    the skipped run's message."""
+    generation = fields.observed_generation
+    succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
+    if succeeded:
+        fields.last_successful_time = timestamp(max(time_of(b) for b in succeeded))
+    fields.active = [models.ActiveRef(name=b["metadata"]["name"]) for b in active(backups)] \
+        or None
+    ready = ready_condition(spec, fields.next_schedule_time, now, generation)
+    create_error = skipped if skipped and skipped.startswith(CANNOT_CREATE) else None
+    failed = last_run_condition(backups, previous.get("conditions"), create_error, now,
+                                generation)
+    fields.conditions = typed_conditions(merge_conditions(previous.get("conditions"),
+                                                          [ready, failed]))
+    fields.message = skipped
+
+
+def invalid(fields: models.BackupScheduleStatus, previous: Mapping[str, Any], error: str,
+            now: datetime) -> bool:
+    """A schedule that cannot run (bad spec or cron): Ready False with the error; returns
+    whether to post the Warning Event (once, when the message changes)."""
+    ready = condition("Ready", "False", "InvalidSchedule", error, now,
+                      fields.observed_generation)
+    fields.message = error
+    fields.conditions = typed_conditions(merge_conditions(previous.get("conditions"), [ready]))
+    return previous.get("message") != error
+
+
+def typed_conditions(items: Sequence[Mapping[str, Any]]) -> list[models.Condition]:
+    """Conditions as status.condition()/merge_conditions() shape them, typed for the status."""
+    return [parse(models.Condition, item, "status.conditions") for item in items]

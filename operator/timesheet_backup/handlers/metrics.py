@@ -17,7 +17,7 @@ import kopf
 from prometheus_client import REGISTRY, make_wsgi_app
 
 from timesheet_backup import constants as c
-from timesheet_backup.handlers.common import now
+from timesheet_backup.actions.common import now
 from timesheet_backup.metrics import STORE, StoreCollector
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import kopf
 from timesheet_backup import constants as c
 from timesheet_backup import kube
 from timesheet_backup import settings as operator_settings
-from timesheet_backup.handlers.common import set_config
+from timesheet_backup.actions.common import set_config
 
 
 @kopf.on.startup()
