@@ -71,8 +71,10 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
               event="Warning")
         return
     target = database_target(dump(spec.database)) if "database" in spec.components else None
+    # A safety Backup runs inside its Restore's hold on the database (labels: safety-for).
     blocker = lock_database(namespace, target, c.PLURAL_BACKUP, meta["name"],
-                            (c.PLURAL_RESTORE,))
+                            (c.PLURAL_RESTORE,),
+                            (meta.get("labels") or {}).get(c.LABEL_SAFETY_FOR))
     if blocker:
         enter(body, patch, "Pending", "WaitingForRestore",
               f"waiting for {blocker} of the same database to finish", Status())

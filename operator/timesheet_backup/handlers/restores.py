@@ -24,6 +24,7 @@ from timesheet_backup.handlers.common import (
     lock_database,
     not_terminal,
     now,
+    post_event,
     write,
 )
 from timesheet_backup.handlers.restore_actions import Run, Status
@@ -85,6 +86,35 @@ def quiesce(run: Run) -> None:
     run.advance("quiesce")
 
 
+def safety(run: Run) -> None:
+    """Back up what the restore overwrites, and wait for it: the restore starts only from a
+    Succeeded safety Backup (the app is quiesced already, so nothing writes in between)."""
+    resolved = run.st.get("resolved") or {}
+    components = decide.safety_components(run.spec, resolved)
+    name = decide.safety_backup_name(run.name, run.uid)
+    recorded = (run.st.get("safetyBackup") or {}).get("backupName")
+    step = decide.safety_step(name, recorded, actions.get_backup(run.namespace, name))
+    if step.action == "fail":
+        write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
+            backup_name=name, phase="Failed", components=components)))
+        raise RestoreFailed(decide.SAFETY_FAILED, step.message)
+    if step.action == "create":
+        actions.create_safety_backup(run.namespace, decide.safety_backup_body(
+            run.namespace, run.name, run.uid, run.spec, resolved, components))
+        post_event(run.body, "Normal", "SafetyBackupCreated",
+                   f"Backup {name} of the current {' and '.join(components)} created")
+    if step.action in ("create", "wait"):
+        write(run.patch, Status(message=step.message, safety_backup=models.SafetyBackupStatus(
+            backup_name=name, phase="Running", components=components)))
+        return
+    write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
+        backup_name=name, phase="Succeeded", manifest_key=step.manifest_key,
+        components=components)))
+    run.st["safetyBackup"] = {"backupName": name}
+    actions.prune_safety_backups(run.namespace, run.spec)
+    run.advance("safety", step.message)
+
+
 def restore(run: Run) -> None:
     resolved = run.st.get("resolved") or {}
     decision = run.job("restore", child_name(run.name, "restore"))
@@ -133,7 +163,8 @@ def verify(run: Run) -> None:
 
 
 STEPS: dict[str, Callable[[Run], None]] = {
-    "resolve": resolve, "wait": wait, "quiesce": quiesce, "restore": restore, "hooks": hooks,
+    "resolve": resolve, "wait": wait, "quiesce": quiesce, "safety": safety, "restore": restore,
+    "hooks": hooks,
     "unquiesce": unquiesce, "verify": verify,
 }
 
