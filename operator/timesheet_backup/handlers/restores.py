@@ -93,7 +93,8 @@ def safety(run: Run) -> None:
     components = decide.safety_components(run.spec, resolved)
     name = decide.safety_backup_name(run.name, run.uid)
     recorded = (run.st.get("safetyBackup") or {}).get("backupName")
-    step = decide.safety_step(name, recorded, actions.get_backup(run.namespace, name))
+    backup = actions.get_backup(run.namespace, name)
+    step = decide.safety_step(name, recorded, backup)
     if step.action == "fail":
         write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
             backup_name=name, phase="Failed", components=components)))
@@ -104,8 +105,10 @@ def safety(run: Run) -> None:
         post_event(run.body, "Normal", "SafetyBackupCreated",
                    f"Backup {name} of the current {' and '.join(components)} created")
     if step.action in ("create", "wait"):
+        running = ((backup or {}).get("status") or {}).get("phase") == "Running"
         write(run.patch, Status(message=step.message, safety_backup=models.SafetyBackupStatus(
-            backup_name=name, phase="Running", components=components)))
+            backup_name=name, phase="Running" if running else "Pending",
+            components=components)))
         return
     write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
         backup_name=name, phase="Succeeded", manifest_key=step.manifest_key,
