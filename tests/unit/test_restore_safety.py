@@ -4,15 +4,18 @@ bucket, no owner), how the `safety` step follows it, and the safety Backups' own
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiException
 
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.decisions import restores as decide
 from timesheet_backup.decisions import schedules
+from timesheet_backup.handlers import restore_actions as actions
 
 pytestmark = pytest.mark.unit
 
@@ -194,3 +197,54 @@ def test_same_creation_time_goes_by_name() -> None:
 def test_safety_backup_spec_defaults() -> None:
     assert spec().safety_backup is None  # on by default (safety_components)
     assert parse(models.SafetyBackupSpec, {}) == models.SafetyBackupSpec(enabled=True, keep=3)
+
+
+@pytest.mark.parametrize(("status", "body", "said"), [
+    (422, json.dumps({"message": 'Backup.backup.northstar.io "x" is invalid'}),
+     'Backup.backup.northstar.io "x" is invalid'),
+    (403, "not json", "Forbidden"),
+    (400, None, "Forbidden"),
+])
+def test_a_safety_backup_the_api_server_refuses_fails_the_restore(
+        monkeypatch: pytest.MonkeyPatch, status: int, body: str | None, said: str) -> None:
+    """Not retried forever: the server's words end the Restore (SafetyBackupFailed)."""
+    def refuse(namespace: str, plural: str, obj: Any) -> bool:
+        exc = ApiException(status=status, reason="Forbidden")
+        exc.body = body
+        raise exc
+
+    monkeypatch.setattr(actions.kube, "create_custom", refuse)
+    with pytest.raises(decide.RestoreFailed) as info:
+        actions.create_safety_backup("ns", {"metadata": {"name": "r1-safety-0f3c2a91"}})
+    assert info.value.reason == "SafetyBackupFailed"
+    assert str(info.value) == (f"the API server refused safety Backup r1-safety-0f3c2a91: "
+                               f"{said}; the restore did not start")
+
+
+def test_other_api_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(namespace: str, plural: str, obj: Any) -> bool:
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    monkeypatch.setattr(actions.kube, "create_custom", unavailable)
+    with pytest.raises(ApiException):
+        actions.create_safety_backup("ns", {"metadata": {"name": "r1-safety-0f3c2a91"}})
+
+
+def test_pruning_deletes_what_retention_decides_and_never_holds_up_the_restore(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = [safety(f"{x}-safety", f"2026-11-0{i}T00:00:00Z", "Succeeded")
+              for i, x in enumerate("abcd", start=1)]
+    selectors, deleted = [], []
+    monkeypatch.setattr(actions.kube, "list_custom",
+                        lambda ns, plural, selector: selectors.append(selector) or listed)
+    monkeypatch.setattr(actions.kube, "delete_custom",
+                        lambda ns, plural, name: deleted.append((plural, name)))
+    actions.prune_safety_backups("ns", spec(safetyBackup={"keep": 2}))
+    assert selectors == [c.LABEL_SAFETY_FOR]
+    assert deleted == [("backups", "a-safety"), ("backups", "b-safety")]
+
+    def refuse(ns: str, plural: str, name: str) -> None:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(actions.kube, "delete_custom", refuse)
+    actions.prune_safety_backups("ns", spec())  # logged, not raised
