@@ -19,6 +19,8 @@ LABEL_SCHEDULE: Final = f"{GROUP}/schedule"
 LABEL_BACKUP: Final = f"{GROUP}/backup"
 LABEL_RESTORE: Final = f"{GROUP}/restore"
 LABEL_VERIFICATION: Final = f"{GROUP}/verification"
+# On a safety Backup: the Restore it was taken before (the Backup outlives it).
+LABEL_SAFETY_FOR: Final = f"{GROUP}/safety-for"
 # Set by the chart on a schedule from values that it rendered suspended because the values
 # (defaults or the schedule's template) lack what its Backups need; the value lists them.
 ANNOTATION_SUSPENDED_UNTIL_SET: Final = f"{GROUP}/suspended-until-set"

@@ -187,6 +187,9 @@ def test_database_cut_mid_dump_and_mid_restore(
         "backupName": "good",
         "database": {"host": restore_db.host},
         "job": {"backoffLimit": 0},
+        # The cut is for pg_restore's connection: a safety pg_dump through the same proxy
+        # would meet it first.
+        "safetyBackup": {"enabled": False},
     })
     restore = assert_failed_readably(app, "restores", "restore-cut")
     assert restore["status"]["failedStep"] == "restore", json.dumps(restore["status"], indent=1)

@@ -68,6 +68,7 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
     app.create("restores", "back", {
         "backupName": "nightly",
         "quiesce": {"deployments": ["timesheet-web"]},
+        "safetyBackup": {"enabled": False},  # test_safety_backup.py takes one (time)
         "verify": {"sqlChecks": ["SELECT count(*) > 0 FROM timesheets"],
                    "httpGet": {"url": f"http://timesheet-web.{app.namespace}.svc/"}},
     })
@@ -124,6 +125,7 @@ def test_failed_restore_gives_the_app_its_replicas_back(app: App) -> None:
     app.create("restores", "bad-check", {
         "backupName": "b",
         "quiesce": {"deployments": ["timesheet-web"]},
+        "safetyBackup": {"enabled": False},  # test_safety_backup.py takes one (time)
         "verify": {"sqlChecks": [check]},
     })
     restore = app.wait_phase("restores", "bad-check", ("Succeeded", "Failed"), timeout=300)
@@ -336,6 +338,7 @@ def test_post_restore_hook_runs_after_the_data_is_back(app: App) -> None:
     app.create("restores", "migrate", {
         "backupName": "pre-migration",
         "quiesce": {"deployments": ["timesheet-web"]},
+        "safetyBackup": {"enabled": False},  # test_safety_backup.py takes one (time)
         "hooks": {"postRestore": [{
             "name": "db-upgrade",
             "image": app.cluster.image,

@@ -103,6 +103,7 @@ def test_no_secret_in_logs_status_events_jobs_metrics(
         "decryption": {"secretRef": {"name": "age-key", "key": "value"}},
         "verify": {"sqlChecks": ["SELECT count(*) > 0 FROM timesheets"]},
         "job": {"backoffLimit": 0},
+        "safetyBackup": {"enabled": False},  # test_safety_backup.py takes one (time)
     })
     rst = app.wait_phase("restores", "decrypted", ("Succeeded", "Failed"), timeout=300)
     assert rst["status"]["phase"] == "Succeeded", json.dumps(rst["status"], indent=1)

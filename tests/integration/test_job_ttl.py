@@ -1,5 +1,5 @@
 """A Backup whose Job was removed (job.ttlSecondsAfterFinished of a few seconds) before the
-operator's poll saw it finish: handlers.backups.committed asks the bucket, against a real S3
+operator's poll saw it finish: actions.backups.committed asks the bucket, against a real S3
 server, whether the run's manifest -- the commit marker -- is there with this Backup's id."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from tests.support.agent import agent_env, run_agent, s3_args
 from tests.support.s3server import S3Server
 from timesheet_backup import kube
-from timesheet_backup.handlers.backups import committed
+from timesheet_backup.actions.backups import committed
 
 PREFIX = "backups"
 MANIFEST = f"{PREFIX}/ns/nightly/manifest.json"

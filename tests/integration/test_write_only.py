@@ -5,7 +5,7 @@ with IAM accounts (`--iam-dir`) and the bucket policy of `write_only_policy`.
 - that key cannot delete: DeleteObject and DeleteObjects are refused (AccessDenied);
 - a failed backup whose partial objects the write-only key cannot delete still reports its
   real error (the refused delete is a logged warning);
-- the operator's deletion (handlers.bucket: open_store with deleting=True, i.e.
+- the operator's deletion (actions.bucket: open_store with deleting=True, i.e.
   storage.deleteCredentialsSecretRef, then delete_backup_objects) removes everything with
   the delete key -- and the same code with the writer's key is refused."""
 
@@ -22,10 +22,10 @@ from botocore.exceptions import ClientError
 from tests.support.agent import base_env, run_agent, s3_args
 from tests.support.s3server import S3Server, write_only_policy
 from timesheet_backup import kube
+from timesheet_backup.actions import bucket as operator_bucket
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.errors import StorageError
-from timesheet_backup.handlers import bucket as operator_bucket
 
 PREFIX = "backups"
 NAME = "nightly"

@@ -89,3 +89,19 @@ def test_a_claim_expires_after_claim_seconds(
     clock[0] += 1
     assert common.lock_database("ns", TARGET, "restores", "r1",
                                 ("backups", "restores")) is None
+
+
+def test_a_safety_backup_runs_inside_its_restores_hold(
+        api: dict[str, list[dict[str, Any]]]) -> None:
+    """The Restore r1 waits for its safety Backup: that Backup must not wait for r1 (running or
+    only claimed), while any other Restore of the database still blocks it."""
+    api["restores"].append({"metadata": {"name": "r1"}})
+    assert common.lock_database("ns", TARGET, "restores", "r1", ("backups", "restores")) is None
+    assert common.lock_database("ns", TARGET, "backups", "r1-safety", ("restores",),
+                                on_behalf_of="r1") is None
+    api["restores"][0] = running("r1")
+    assert common.lock_database("ns", TARGET, "backups", "r1-safety", ("restores",),
+                                on_behalf_of="r1") is None
+    assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) == "Restore r1"
+    assert common.lock_database("ns", TARGET, "backups", "r2-safety", ("restores",),
+                                on_behalf_of="r2") == "Restore r1"

@@ -243,6 +243,9 @@ VERIFY = ("verify", "checking http://web/health")
     ("wait", FULL, False, QUIESCE),
     ("wait", {}, False, RESTORE),
     ("quiesce", FULL, False, RESTORE),
+    # no safety backup needed (safety_components empty): straight to the restore
+    ("safety", FULL, False, RESTORE),
+    ("safety", {}, False, RESTORE),
     ("restore", FULL, False, HOOKS),
     ("restore", {"quiesce": FULL["quiesce"]}, False, UNQUIESCE),
     ("restore", {"verify": FULL["verify"]}, False, VERIFY),
@@ -259,6 +262,22 @@ VERIFY = ("verify", "checking http://web/health")
 def test_which_step_follows(step: str, spec: dict[str, Any], failed: bool,
                             following: tuple[str, str] | None) -> None:
     assert decide.following(step, restore_spec(**spec), failed) == following
+
+
+SAFETY = ("safety", "backing up the current database and uploads first")
+
+
+@pytest.mark.parametrize(("step", "spec", "following"), [
+    ("wait", FULL, QUIESCE),  # quiesced first: no write lands between it and the restore
+    ("wait", {}, SAFETY),
+    ("quiesce", FULL, SAFETY),
+    ("safety", FULL, RESTORE),
+    ("restore", FULL, HOOKS),  # later steps do not change
+])
+def test_the_safety_step_comes_after_the_quiesce_and_before_the_restore(
+        step: str, spec: dict[str, Any], following: tuple[str, str]) -> None:
+    assert decide.following(step, restore_spec(**spec), False,
+                            ["database", "uploads"]) == following
 
 
 def test_the_restore_without_http_check_does_not_verify() -> None:
@@ -328,6 +347,10 @@ def test_step_started(steps: list[dict[str, Any]] | None, started: datetime | No
 @pytest.mark.parametrize(("status", "ending"), [
     ({"resolved": {"manifestKey": "p/ns/b/manifest.json"}},
      decide.Ending("Succeeded", "Completed", "restored from p/ns/b/manifest.json", "Normal")),
+    ({"resolved": {"manifestKey": "p/ns/b/manifest.json"},
+      "safetyBackup": {"backupName": "r-safety"}},
+     decide.Ending("Succeeded", "Completed", "restored from p/ns/b/manifest.json; the state "
+                   "before it is in Backup r-safety (restore it to undo)", "Normal")),
     ({"failedStep": "restore", "failureReason": "RestoreJobFailed",
       "steps": [step("restore", "Failed", "pg_restore failed")]},
      decide.Ending("Failed", "RestoreJobFailed", "pg_restore failed", "Warning")),

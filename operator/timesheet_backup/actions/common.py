@@ -155,9 +155,11 @@ _KINDS = {c.PLURAL_BACKUP: c.KIND_BACKUP, c.PLURAL_RESTORE: c.KIND_RESTORE}
 
 
 def lock_database(namespace: str, target: str | None, plural: str, name: str,
-                  blockers: tuple[str, ...]) -> str | None:
+                  blockers: tuple[str, ...], on_behalf_of: str | None = None) -> str | None:
     """Claim the database `target` for the Backup or Restore `plural`/`name`, unless one of
-    the kinds in `blockers` runs on it or claimed it: then return that one ("Restore x")."""
+    the kinds in `blockers` runs on it or claimed it: then return that one ("Restore x").
+    `on_behalf_of`: the Restore a safety Backup works for, which holds the database for it
+    (and waits for it: blocking on it would wait forever)."""
     if target is None:
         return None
     with _claims_lock:
@@ -165,7 +167,10 @@ def lock_database(namespace: str, target: str | None, plural: str, name: str,
         claims = [cl for cl in _claims.get((namespace, target), []) if cl[2] > moment]
         for blocker in blockers:
             objects = kube.list_custom(namespace, blocker)
-            found = _running_in(objects, target, name if blocker == plural else None)
+            exclude = name if blocker == plural else None
+            if blocker == c.PLURAL_RESTORE and on_behalf_of:
+                exclude = on_behalf_of
+            found = _running_in(objects, target, exclude)
             if found:
                 return f"{_KINDS[blocker]} {found}"
             # A claim counts while its object is still at work: one that already finished
@@ -174,7 +179,8 @@ def lock_database(namespace: str, target: str | None, plural: str, name: str,
                        if (o.get("status") or {}).get("phase") not in TERMINAL_PHASES}
             for claim_plural, claim_name, _expiry in claims:
                 if claim_plural == blocker and claim_name in at_work \
-                        and (claim_plural, claim_name) != (plural, name):
+                        and (claim_plural, claim_name) != (plural, name) \
+                        and (claim_plural, claim_name) != (c.PLURAL_RESTORE, on_behalf_of):
                     return f"{_KINDS[claim_plural]} {claim_name}"
         claims = [cl for cl in claims if (cl[0], cl[1]) != (plural, name)]
         _claims[(namespace, target)] = [*claims, (plural, name, moment + CLAIM_SECONDS)]

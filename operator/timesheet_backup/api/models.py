@@ -775,6 +775,20 @@ class DecryptionSpec:
 
 
 @dataclass(kw_only=True)
+class SafetyBackupSpec:
+    """The Backup of the current state taken before an in-place restore that drops objects
+    (database clean into an existing database, uploads mode replace)."""
+
+    enabled: bool = field(
+        "Take it (the restore starts only once it Succeeded). false: restore without a way "
+        "back.", default=True)
+    keep: int = field(
+        "How many Succeeded safety Backups of the namespace to keep (the newest; older ones, "
+        "and failed ones, are deleted once this one Succeeded).",
+        default=3, minimum=1, maximum=100)
+
+
+@dataclass(kw_only=True)
 class RestoreSpec:
     """Put a backup back, safely."""
 
@@ -807,6 +821,11 @@ class RestoreSpec:
     verify: VerifySpec | None = field("Checks after the restore.", default=None)
     decryption: DecryptionSpec | None = field("Key for encrypted backups.", default=None)
     job: JobSpec | None = field("Tuning of the restore Job.", default=None)
+    safety_backup: SafetyBackupSpec | None = field(
+        "Before an in-place restore that drops objects (database clean without "
+        "createDatabase or dropAfter, uploads mode replace), first back up what it "
+        "overwrites, into the source backup's bucket, as Backup <restore>-safety "
+        "(status.safetyBackup). Default enabled.", default=None)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -970,7 +989,8 @@ class BackupScheduleStatus(ObservedStatus):
 class RestoreStep:
     """Progress of one step of a restore."""
 
-    name: str = field("Step: wait, quiesce, restore, hooks, unquiesce, verify.", maxLength=64)
+    name: str = field("Step: wait, quiesce, safety, restore, hooks, unquiesce, verify.",
+                      maxLength=64)
     phase: Literal["Running", "Succeeded", "Failed", "Skipped"] = field("Outcome.")
     start_time: str | None = field("Start.", default=None, **_TIME)
     completion_time: str | None = field("End.", default=None, **_TIME)
@@ -998,6 +1018,17 @@ class RestoredFrom:
 
 
 @dataclass(kw_only=True)
+class SafetyBackupStatus:
+    """The Backup of the state before the restore: restore it to undo the restore."""
+
+    backup_name: str = field("The safety Backup (it outlives the Restore).")
+    phase: BackupPhase | None = field("Its phase, as last seen.", default=None)
+    manifest_key: str | None = field("Key of its manifest, once it Succeeded.", default=None,
+                                     maxLength=1024)
+    components: list[Component] | None = field("What it backs up.", default=None, maxItems=2)
+
+
+@dataclass(kw_only=True)
 class RestoreStatus(RunStatus):
     """Observed state of a Restore."""
 
@@ -1016,3 +1047,5 @@ class RestoreStatus(RunStatus):
     failed_step: str | None = field("The step that failed.", default=None, maxLength=64)
     failure_reason: str | None = field("Why it failed (CamelCase).", default=None,
                                        maxLength=128)
+    safety_backup: SafetyBackupStatus | None = field(
+        "The Backup of the state before the restore (spec.safetyBackup).", default=None)

@@ -5,8 +5,11 @@ kubernetes, no clock reads: `now` is an argument.
 
 The steps, in order (status.currentStep):
 
-    resolve -> wait -> quiesce -> restore -> hooks -> unquiesce -> verify -> Succeeded
-                            \\_______ on failure ______/ -> unquiesce -> Failed
+    resolve -> wait -> quiesce -> safety -> restore -> hooks -> unquiesce -> verify -> Succeeded
+                            \\_____________ on failure ______________/ -> unquiesce -> Failed
+
+`safety` (a Backup of what an in-place restore overwrites, safety_components) runs only when
+needed, after the app is quiesced so no write lands between it and the restore.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import dump, parse
 from timesheet_backup.api.resolve import deep_merge
 from timesheet_backup.jobs.outcome import job_outcome
+from timesheet_backup.jobs.pod import child_name
 from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
 
-STEPS = ("resolve", "wait", "quiesce", "restore", "hooks", "unquiesce", "verify")
+STEPS = ("resolve", "wait", "quiesce", "safety", "restore", "hooks", "unquiesce", "verify")
 # Steps that fail before any Deployment was scaled down: nothing to give back.
 BEFORE_QUIESCE = ("resolve", "wait")
 # The reason a failed Job gives its step (a vanished Job keeps JobMissing, as for a Backup).
@@ -282,10 +286,11 @@ def deployments_of(spec: models.RestoreSpec) -> list[str]:
     return list(spec.quiesce.deployments) if spec.quiesce else []
 
 
-def following(step: str, spec: models.RestoreSpec, failed: bool = False
-              ) -> tuple[str, str] | None:
+def following(step: str, spec: models.RestoreSpec, failed: bool = False,
+              safety: Sequence[str] = ()) -> tuple[str, str] | None:
     """The step after `step` (which succeeded) and the message it starts with; None: the
-    Restore ends. `failed`: an earlier step failed (its `unquiesce` ends the Restore)."""
+    Restore ends. `failed`: an earlier step failed (its `unquiesce` ends the Restore).
+    `safety`: the components to back up before restoring (safety_components)."""
     deployments = deployments_of(spec)
     hooks = spec.hooks.post_restore if spec.hooks else None
     check = spec.verify.http_get if spec.verify else None
@@ -293,7 +298,9 @@ def following(step: str, spec: models.RestoreSpec, failed: bool = False
         return "wait", "checking that no backup of the target is running"
     if step == "wait" and deployments:
         return "quiesce", f"scaling {', '.join(deployments)} to 0"
-    if step in ("wait", "quiesce"):
+    if step in ("wait", "quiesce") and safety:
+        return "safety", f"backing up the current {' and '.join(safety)} first"
+    if step in ("wait", "quiesce", "safety"):
         return "restore", "restoring"
     if step == "restore" and hooks:
         return "hooks", f"running hook {hooks[0].name}"
@@ -302,6 +309,122 @@ def following(step: str, spec: models.RestoreSpec, failed: bool = False
     if step in ("restore", "hooks", "unquiesce") and check and not failed:
         return "verify", f"checking {check.url}"
     return None
+
+
+# --- safety backup ----------------------------------------------------------------------
+
+def safety_components(spec: models.RestoreSpec, resolved: Mapping[str, Any]
+                      ) -> list[models.Component]:
+    """What an in-place restore would drop or overwrite, and so is backed up first: the
+    database when pg_restore cleans an existing database (not one createDatabase makes, not a
+    scratch one dropAfter removes, not rows added by dataOnly), the uploads when `replace`
+    empties the target directory (merge only adds). Empty: no safety backup (also when
+    spec.safetyBackup.enabled is false)."""
+    if spec.safety_backup is not None and not spec.safety_backup.enabled:
+        return []
+    components = resolved.get("components") or []
+    chosen: list[models.Component] = []
+    db = spec.database or models.RestoreDatabaseTarget()
+    if c.COMPONENT_DATABASE in components and db.clean and not (
+            db.create_database or db.drop_after or db.data_only):
+        chosen.append(c.COMPONENT_DATABASE)
+    uploads = spec.uploads or models.RestoreUploadsTarget()
+    if c.COMPONENT_UPLOADS in components and uploads.mode == "replace":
+        chosen.append(c.COMPONENT_UPLOADS)
+    return chosen
+
+
+def safety_backup_name(restore: str, uid: str) -> str:
+    """Deterministic, so a retry or a restarted operator finds the one it created (409); with
+    the Restore's uid, so a Restore deleted and created again under the same name (the usual
+    retry) takes its own, not the one its predecessor left (safety Backups outlive them)."""
+    return child_name(restore, f"safety-{uid[:8]}")
+
+
+def safety_backup_body(namespace: str, restore: str, uid: str, spec: models.RestoreSpec,
+                       resolved: Mapping[str, Any], components: Sequence[str]
+                       ) -> dict[str, Any]:
+    """The safety Backup: the restore's targets (its database connection, its claim) into the
+    source backup's storage. No ownerReference: it must outlive the Restore (its own
+    retention, prune_safety_backups, removes it). Compression and encryption are the
+    operator's defaults, as for any Backup that does not set them."""
+    backup_spec: dict[str, Any] = {"components": list(components),
+                                   "storage": dict(resolved.get("storage") or {})}
+    if c.COMPONENT_DATABASE in components:
+        backup_spec["database"] = {k: v for k, v in (resolved.get("database") or {}).items()
+                                   if k in CONNECTION_FIELDS}
+    if c.COMPONENT_UPLOADS in components:
+        backup_spec["uploads"] = {k: v for k, v in (resolved.get("uploads") or {}).items()
+                                  if k in ("claimName", "subPath")}
+    if spec.job is not None:
+        backup_spec["job"] = dump(spec.job)  # where the restore's Jobs run, the backup's do
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND_BACKUP,
+        "metadata": {
+            "name": safety_backup_name(restore, uid),
+            "namespace": namespace,
+            "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_SAFETY_FOR: restore},
+        },
+        "spec": backup_spec,
+    }
+
+
+@dataclass(frozen=True)
+class SafetyStep:
+    """What to do about the safety Backup this tick; `manifest_key` once it Succeeded."""
+
+    action: Literal["create", "wait", "done", "fail"]
+    message: str = ""
+    manifest_key: str | None = None
+
+
+SAFETY_FAILED = "SafetyBackupFailed"
+
+
+def safety_step(name: str, recorded: str | None, backup: Mapping[str, Any] | None
+                ) -> SafetyStep:
+    """`recorded`: status.safetyBackup.backupName (the Backup this Restore created);
+    `backup`: the Backup `name` as read. One that was created and is gone, deleted or
+    Failed fails the Restore before anything was restored."""
+    if backup is None:
+        if recorded != name:
+            return SafetyStep("create", f"Backup {name} created")
+        return SafetyStep("fail", f"safety Backup {name} disappeared before it ended; the "
+                                  "restore did not start")
+    st = backup.get("status") or {}
+    phase = st.get("phase")
+    if (backup.get("metadata") or {}).get("deletionTimestamp") or phase == "Deleting":
+        return SafetyStep("fail", f"safety Backup {name} is being deleted; the restore did "
+                                  "not start")
+    if phase == "Failed":
+        detail = st.get("message") or "no message"
+        return SafetyStep("fail", f"safety Backup {name} failed: {detail}; the restore did "
+                                  "not start (nothing was changed)")
+    if phase == "Succeeded":
+        return SafetyStep("done", f"the state before the restore is in Backup {name} "
+                                  f"({st.get('manifestKey')})", st.get("manifestKey"))
+    return SafetyStep("wait", f"waiting for safety Backup {name} ({phase or 'Pending'})")
+
+
+def prune_safety_backups(backups: Sequence[Mapping[str, Any]], keep: int) -> list[str]:
+    """The safety Backups (those labelled safety-for, as listed) to delete: Succeeded ones
+    beyond the newest `keep` (by creation time, then name), and Failed ones (they hold
+    nothing to go back to; their Restore's message says why). Running ones belong to a
+    Restore at work and are left alone."""
+    succeeded: list[tuple[str, str]] = []
+    delete = []
+    for backup in backups:
+        meta, st = backup.get("metadata") or {}, backup.get("status") or {}
+        if not (meta.get("labels") or {}).get(c.LABEL_SAFETY_FOR) or \
+                meta.get("deletionTimestamp"):
+            continue  # listed by label; checked again so a wrong list cannot delete a stranger
+        if st.get("phase") == "Succeeded":
+            succeeded.append((str(meta.get("creationTimestamp") or ""), str(meta["name"])))
+        elif st.get("phase") == "Failed":
+            delete.append(str(meta["name"]))
+    succeeded.sort(reverse=True)
+    return sorted(delete + [name for _, name in succeeded[keep:]])
 
 
 def waiting_for(blocker: str) -> tuple[str, str]:
@@ -358,7 +481,11 @@ def ending(status: Mapping[str, Any]) -> Ending:
         return Ending("Failed", str(status.get("failureReason")), failure_message(status),
                       "Warning")
     source_key = (status.get("resolved") or {}).get("manifestKey")
-    return Ending("Succeeded", "Completed", f"restored from {source_key}", "Normal")
+    message = f"restored from {source_key}"
+    safety = (status.get("safetyBackup") or {}).get("backupName")
+    if safety:
+        message += f"; the state before it is in Backup {safety} (restore it to undo)"
+    return Ending("Succeeded", "Completed", message, "Normal")
 
 
 def unknown_step(step: str) -> RestoreFailed | None:

@@ -87,6 +87,9 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         "database": {"name": scratch, "createDatabase": True, "clean": True,
                      "dropAfter": True},
         "verify": {"sqlChecks": list(verification.checks)},
+        # A scratch target is not in place: nothing to fall back to, and a restore test
+        # must not leave Backups behind (whatever it restores, now or later).
+        "safetyBackup": {"enabled": False},
     }
     if verification.decryption:
         spec["decryption"] = dump(verification.decryption)

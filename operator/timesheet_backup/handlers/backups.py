@@ -47,8 +47,9 @@ def start(body: Mapping[str, Any], patch: kopf.Patch) -> None:
         return act.move(body, patch, decide.failed("SecretMissing", "; ".join(problems)))
     target = decide.database_target(dump(spec.database)) \
         if "database" in spec.components else None
+    # A safety Backup runs inside its Restore's hold on the database (labels: safety-for).
     blocker = lock_database(meta["namespace"], target, c.PLURAL_BACKUP, meta["name"],
-                            (c.PLURAL_RESTORE,))
+                            (c.PLURAL_RESTORE,), (meta.get("labels") or {}).get(c.LABEL_SAFETY_FOR))
     if blocker:
         return act.move(body, patch, decide.waiting_for(blocker))
     # The operator's own delete key: its absence does not stop the backup, only (later) the

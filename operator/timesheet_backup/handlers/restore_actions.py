@@ -7,20 +7,18 @@ reads it back from there. Deleting a Restore mid-way also gives the replicas bac
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes.client import ApiException
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.api import models
-from timesheet_backup.api.fields import dump, parse
-from timesheet_backup.decisions import restores as decide
-from timesheet_backup.decisions.restores import RestoreFailed
-from timesheet_backup.errors import AgentError
-from timesheet_backup.handlers import bucket
-from timesheet_backup.handlers.common import (
+from timesheet_backup.actions import bucket
+from timesheet_backup.actions.common import (
     claim_users,
     config,
     enter,
@@ -30,11 +28,17 @@ from timesheet_backup.handlers.common import (
     post_event,
     write,
 )
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import dump, parse
+from timesheet_backup.decisions import restores as decide
+from timesheet_backup.decisions.restores import RestoreFailed
+from timesheet_backup.errors import AgentError
 from timesheet_backup.jobs import agent_args, identity
 from timesheet_backup.jobs.pod import job_settings
 from timesheet_backup.storage import manifest as mf
 
 Status = models.RestoreStatus
+log = logging.getLogger(__name__)
 
 
 def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
@@ -129,6 +133,47 @@ def restore_identity(body: Mapping[str, Any], spec: models.RestoreSpec,
     return job_identity(body, explicit, claim, claim_users(body["metadata"]["namespace"], claim))
 
 
+def get_backup(namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get_custom(namespace, c.PLURAL_BACKUP, name)
+
+
+def create_safety_backup(namespace: str, body: Mapping[str, Any]) -> None:
+    """Create the safety Backup. A 409 (created before a crash, before status recorded it) is
+    this Restore's own (its name holds the Restore's uid). One the API server refuses (the
+    schema, the admission webhook, RBAC) fails the Restore with the server's message instead
+    of retrying forever."""
+    name = body["metadata"]["name"]
+    try:
+        kube.create_custom(namespace, c.PLURAL_BACKUP, body)
+    except ApiException as exc:
+        if exc.status not in (400, 403, 422):
+            raise
+        raise RestoreFailed(decide.SAFETY_FAILED,
+                            f"the API server refused safety Backup {name}: "
+                            f"{api_message(exc)}; the restore did not start") from exc
+
+
+def api_message(exc: ApiException) -> str:
+    """The Status message of an API error (its body), else its HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)
+
+
+def prune_safety_backups(namespace: str, spec: models.RestoreSpec) -> None:
+    """The safety Backups' own retention, applied when a new one Succeeded (best effort: a
+    failure to delete an old one must not hold up the restore; the next one tries again)."""
+    keep = (spec.safety_backup or models.SafetyBackupSpec()).keep
+    try:
+        for name in decide.prune_safety_backups(
+                kube.list_custom(namespace, c.PLURAL_BACKUP, c.LABEL_SAFETY_FOR), keep):
+            kube.delete_custom(namespace, c.PLURAL_BACKUP, name)
+    except ApiException as exc:
+        log.warning("cannot prune the safety Backups of %s: %s", namespace, exc)
+
+
 def stop_jobs(namespace: str, restore: str) -> decide.Deletion:
     """Delete the Restore's Jobs (their pods get SIGTERM); returns what is still running."""
     own = {c.LABEL_RESTORE: restore}
@@ -147,6 +192,7 @@ class Run:
         self.body, self.patch = body, patch
         self.st: dict[str, Any] = dict(body.get("status") or {})
         self.namespace, self.name = body["metadata"]["namespace"], body["metadata"]["name"]
+        self.uid = str(body["metadata"].get("uid") or "")
         self.spec = parse(models.RestoreSpec, body.get("spec"))
         self.deployments = decide.deployments_of(self.spec)
 
@@ -168,7 +214,9 @@ class Run:
                 fields: Status | None = None) -> None:
         """`step` succeeded: go to the step that follows, or end."""
         self.finish_step(step, "Succeeded", message)
-        following = decide.following(step, self.spec, bool(self.st.get("failedStep")))
+        following = decide.following(
+            step, self.spec, bool(self.st.get("failedStep")),
+            decide.safety_components(self.spec, self.st.get("resolved") or {}))
         if following is None:
             self.end()
         else:

@@ -11,12 +11,7 @@ from typing import Any
 import kopf
 
 from timesheet_backup import constants as c
-from timesheet_backup.api import models
-from timesheet_backup.api.fields import SpecError
-from timesheet_backup.decisions import restores as decide
-from timesheet_backup.decisions.restores import BackupNotReady, QuiesceBusy, RestoreFailed
-from timesheet_backup.handlers import restore_actions as actions
-from timesheet_backup.handlers.common import (
+from timesheet_backup.actions.common import (
     config,
     database_target,
     enter,
@@ -24,8 +19,14 @@ from timesheet_backup.handlers.common import (
     lock_database,
     not_terminal,
     now,
+    post_event,
     write,
 )
+from timesheet_backup.api import models
+from timesheet_backup.api.fields import SpecError
+from timesheet_backup.decisions import restores as decide
+from timesheet_backup.decisions.restores import BackupNotReady, QuiesceBusy, RestoreFailed
+from timesheet_backup.handlers import restore_actions as actions
 from timesheet_backup.handlers.restore_actions import Run, Status
 from timesheet_backup.jobs import agent_args, manifests
 from timesheet_backup.jobs.pod import child_name
@@ -85,6 +86,38 @@ def quiesce(run: Run) -> None:
     run.advance("quiesce")
 
 
+def safety(run: Run) -> None:
+    """Back up what the restore overwrites, and wait for it: the restore starts only from a
+    Succeeded safety Backup (the app is quiesced already, so nothing writes in between)."""
+    resolved = run.st.get("resolved") or {}
+    components = decide.safety_components(run.spec, resolved)
+    name = decide.safety_backup_name(run.name, run.uid)
+    recorded = (run.st.get("safetyBackup") or {}).get("backupName")
+    backup = actions.get_backup(run.namespace, name)
+    step = decide.safety_step(name, recorded, backup)
+    if step.action == "fail":
+        write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
+            backup_name=name, phase="Failed", components=components)))
+        raise RestoreFailed(decide.SAFETY_FAILED, step.message)
+    if step.action == "create":
+        actions.create_safety_backup(run.namespace, decide.safety_backup_body(
+            run.namespace, run.name, run.uid, run.spec, resolved, components))
+        post_event(run.body, "Normal", "SafetyBackupCreated",
+                   f"Backup {name} of the current {' and '.join(components)} created")
+    if step.action in ("create", "wait"):
+        running = ((backup or {}).get("status") or {}).get("phase") == "Running"
+        write(run.patch, Status(message=step.message, safety_backup=models.SafetyBackupStatus(
+            backup_name=name, phase="Running" if running else "Pending",
+            components=components)))
+        return
+    write(run.patch, Status(safety_backup=models.SafetyBackupStatus(
+        backup_name=name, phase="Succeeded", manifest_key=step.manifest_key,
+        components=components)))
+    run.st["safetyBackup"] = {"backupName": name}
+    actions.prune_safety_backups(run.namespace, run.spec)
+    run.advance("safety", step.message)
+
+
 def restore(run: Run) -> None:
     resolved = run.st.get("resolved") or {}
     decision = run.job("restore", child_name(run.name, "restore"))
@@ -133,7 +166,8 @@ def verify(run: Run) -> None:
 
 
 STEPS: dict[str, Callable[[Run], None]] = {
-    "resolve": resolve, "wait": wait, "quiesce": quiesce, "restore": restore, "hooks": hooks,
+    "resolve": resolve, "wait": wait, "quiesce": quiesce, "safety": safety, "restore": restore,
+    "hooks": hooks,
     "unquiesce": unquiesce, "verify": verify,
 }
 
