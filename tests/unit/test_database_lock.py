@@ -105,3 +105,19 @@ def test_a_safety_backup_runs_inside_its_restores_hold(
     assert common.lock_database("ns", TARGET, "backups", "b1", ("restores",)) == "Restore r1"
     assert common.lock_database("ns", TARGET, "backups", "r2-safety", ("restores",),
                                 on_behalf_of="r2") == "Restore r1"
+
+
+def test_a_missing_secret_is_one_problem_whatever_number_of_keys_is_needed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def read(namespace: str, name: str, key: str) -> str:
+        if name == "gone":
+            raise LookupError(f"Secret {namespace}/{name} not found")
+        if key == "absent":
+            raise LookupError(f"Secret {namespace}/{name} has no key {key}")
+        return "value"
+
+    monkeypatch.setattr(common.kube, "read_secret_key", read)
+    refs = [("gone", "AWS_ACCESS_KEY_ID"), ("gone", "AWS_SECRET_ACCESS_KEY"),
+            ("here", "password"), ("here", "absent")]
+    assert common.missing_secrets("ns", refs) == [
+        "Secret ns/gone not found", "Secret ns/here has no key absent"]

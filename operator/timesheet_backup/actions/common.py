@@ -115,7 +115,9 @@ def missing_secrets(namespace: str, refs: list[tuple[str, str]]) -> list[str]:
         try:
             kube.read_secret_key(namespace, name, key)
         except LookupError as exc:
-            problems.append(str(exc))
+            # A Secret that is not there is one problem, however many of its keys are needed.
+            if str(exc) not in problems:
+                problems.append(str(exc))
     return problems
 
 
