@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from timesheet_backup.agent import pgtools
-from timesheet_backup.agent.pgtools import Connection
+from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.errors import CheckFailed, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,84 @@ def run_checks(conn: Connection, checks: Sequence[str]) -> list[dict[str, Any]]:
                 )
             results.append({"sql": query, "ok": True})
     return results
+
+
+class RowCounts:
+    """Exact row counts of the tables a dump holds, taken in the dump's own snapshot.
+
+    One connection opens a REPEATABLE READ READ ONLY transaction and exports its snapshot
+    (`snapshot_id`, for `pg_dump --snapshot`); a thread then counts, in that same
+    transaction, while pg_dump runs on the imported snapshot: the counts are exactly the
+    rows the dump holds, whatever is written meanwhile, and the dump is not delayed. The
+    transaction stays open until the context exits (after the dump), as pg_dump (and each
+    of its --jobs workers) must import the snapshot while it is open."""
+
+    def __init__(self, conn: Connection, options: DumpOptions) -> None:
+        self._conn = conn
+        self._options = options
+        self._db: psycopg.Connection[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._counts: dict[str, int] | None = None
+        self._error: BaseException | None = None
+        self.snapshot_id = ""
+
+    def __enter__(self) -> RowCounts:
+        self._db = _connect(self._conn)
+        try:
+            # pg_dump's own session settings: no timeout cuts a long count or the open
+            # transaction short, and row security off, so a count is exact or fails (as
+            # pg_dump fails) rather than silently counting only the visible rows.
+            self._db.execute("SET statement_timeout = 0")
+            self._db.execute("SET idle_in_transaction_session_timeout = 0")
+            self._db.execute("SET row_security = off")
+            self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = self._db.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        except psycopg.Error as exc:
+            self._db.close()
+            raise DatabaseError(
+                f"cannot export a snapshot of {self._conn.dbname!r} for the dump: "
+                f"{' '.join(str(exc).split())}") from None
+        self.snapshot_id = str(row[0]) if row else ""
+        self._thread = threading.Thread(target=self._count, name="row-counts", daemon=True)
+        self._thread.start()
+        return self
+
+    def _count(self) -> None:
+        db = self._db
+        assert db is not None
+        try:
+            query, params = pgtools.dumped_tables_query(self._options)
+            tables = db.execute(cast(Any, query), params).fetchall()
+            counts: dict[str, int] = {}
+            for schema, table in tables:
+                row = db.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table))).fetchone()
+                counts[pgtools.qualified_name(schema, table)] = int(row[0]) if row else 0
+            self._counts = counts
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> dict[str, int]:
+        """Wait for the counts (call after the dump succeeded)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            detail = " ".join(str(self._error).split())
+            raise DatabaseError(f"cannot count the rows of the dumped tables: {detail}")
+        return dict(self._counts or {})
+
+    def __exit__(self, *exc_info: object) -> None:
+        db = self._db
+        if db is None:
+            return
+        if self._thread is not None and self._thread.is_alive():
+            # The dump failed or was interrupted: stop counting now rather than after
+            # every table has been scanned.
+            with contextlib.suppress(psycopg.Error):
+                db.cancel_safe(timeout=10)
+            self._thread.join(timeout=30)
+        with contextlib.suppress(psycopg.Error):
+            db.close()
 
 
 class Tool:
