@@ -11,6 +11,7 @@ runs as the owner role, as production does.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -139,3 +140,80 @@ def test_counts_follow_the_table_selection(
         "public.rc_busy"))
     counts = manifest["artifacts"][0]["rowCounts"]
     assert counts == {"public.rc_locked": 30, '"We.ird"."Odd ""Name"""': 7}
+
+
+# --- restore tests compare with the counts ---------------------------------------------
+
+
+def _restore(pg: PostgresServer, s3: S3Server, bucket: str, target: str, tmp_path: Path,
+             *extra: str) -> AgentRun:
+    return run_agent(
+        restore_args(pg, s3, bucket, manifest_key(), target, None,
+                     extra=["--create-database", "--compare-row-counts", *extra]),
+        agent_env(tmp_path, pg, s3), tmp_path)
+
+
+def test_a_restore_test_compares_every_table_with_the_backup(
+    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, scratch_db_name: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(pg, sample_db)
+    manifest = backup(pg, s3, bucket, sample_db, tmp_path)
+    tables = manifest["artifacts"][0]["tableCount"]
+    assert tables >= 3
+    run = _restore(pg, s3, bucket, scratch_db_name, tmp_path, "--drop-database-after")
+    assert run.returncode == 0, run.describe()
+    assert run.termination is not None
+    assert run.termination["database"]["rowCounts"] == (
+        f"compared {tables} tables' row counts with the backup's: all equal")
+
+
+def test_a_selective_restore_compares_only_what_it_restored(
+    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, scratch_db_name: str,
+    tmp_path: Path,
+) -> None:
+    _prepare(pg, sample_db)
+    backup(pg, s3, bucket, sample_db, tmp_path)
+    run = _restore(pg, s3, bucket, scratch_db_name, tmp_path, "--table", "rc_busy")
+    assert run.returncode == 0, run.describe()
+    assert run.termination is not None
+    assert run.termination["database"]["rowCounts"] == (
+        "compared 1 table's row counts with the backup's: all equal")
+
+
+def test_a_count_that_differs_fails_the_restore_test_naming_the_table(
+    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, scratch_db_name: str,
+    tmp_path: Path,
+) -> None:
+    """The manifest is edited to say rc_busy had 21 rows (the dump holds 20): what a dump
+    that lost rows, or a restore that did not load them all, looks like to the check."""
+    _prepare(pg, sample_db)
+    backup(pg, s3, bucket, sample_db, tmp_path)
+    data = read_manifest(s3, bucket, manifest_key())
+    data["artifacts"][0]["rowCounts"]["public.rc_busy"] = 21
+    s3.put_bytes(bucket, manifest_key(), json.dumps(data).encode())
+    run = _restore(pg, s3, bucket, scratch_db_name, tmp_path, "--drop-database-after")
+    assert run.returncode != 0, run.describe()
+    assert run.termination is not None
+    assert run.termination["reason"] == "CheckFailed"
+    assert run.termination["error"] == (
+        "row counts differ from the backup's (1 of "
+        f"{data['artifacts'][0]['tableCount']} tables): "
+        "table public.rc_busy has 20 rows, the backup had 21")
+    assert not pg.database_exists(scratch_db_name)  # the scratch database is dropped anyway
+
+
+def test_a_backup_without_counts_is_restored_and_says_so(
+    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, scratch_db_name: str,
+    tmp_path: Path,
+) -> None:
+    """A manifest written before the agent counted rows (no rowCounts, no tableCount)."""
+    backup(pg, s3, bucket, sample_db, tmp_path)
+    data = read_manifest(s3, bucket, manifest_key())
+    del data["artifacts"][0]["rowCounts"], data["artifacts"][0]["tableCount"]
+    s3.put_bytes(bucket, manifest_key(), json.dumps(data).encode())
+    run = _restore(pg, s3, bucket, scratch_db_name, tmp_path)
+    assert run.returncode == 0, run.describe()
+    assert run.termination is not None
+    assert run.termination["database"]["rowCounts"] == (
+        "the backup has no row counts to compare with")

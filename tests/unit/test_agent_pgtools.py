@@ -211,17 +211,3 @@ def test_dumped_tables_query_passes_patterns_as_parameters() -> None:
 def test_dumped_tables_query_without_selection_has_no_parameters() -> None:
     query, params = pgtools.dumped_tables_query(DumpOptions())
     assert params == [] and "%s" not in query
-
-
-@pytest.mark.parametrize(
-    ("schema", "table", "key"),
-    [
-        ("public", "timesheets", "public.timesheets"),
-        ("app", "Mixed", 'app."Mixed"'),
-        ("we.ird", 'a"b', '"we.ird"."a""b"'),
-        ("s", "t$1", "s.t$1"),
-        ("s", "1t", 's."1t"'),
-    ],
-)
-def test_qualified_name_quotes_only_when_needed(schema: str, table: str, key: str) -> None:
-    assert pgtools.qualified_name(schema, table) == key

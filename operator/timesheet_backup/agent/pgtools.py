@@ -398,18 +398,3 @@ def dumped_tables_query(options: DumpOptions) -> tuple[str, list[str]]:
     if options.exclude_tables:
         query += f"   AND NOT ({_pattern_sql(options.exclude_tables, params)})\n"
     return query + " ORDER BY 1, 2", params
-
-
-def qualified_name(schema: str, table: str) -> str:
-    """The manifest's key for a table: `schema.table`, each part quoted only when it must be
-    (as `regclass` prints it), so the key is unambiguous for names containing dots."""
-    return f"{_quote_if_needed(schema)}.{_quote_if_needed(table)}"
-
-
-_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
-
-
-def _quote_if_needed(name: str) -> str:
-    if _PLAIN_IDENTIFIER.match(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from timesheet_backup.agent import pgtools
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
+from timesheet_backup.decisions import content
 from timesheet_backup.errors import CheckFailed, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class RowCounts:
             for schema, table in tables:
                 row = db.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
                     sql.Identifier(schema), sql.Identifier(table))).fetchone()
-                counts[pgtools.qualified_name(schema, table)] = int(row[0]) if row else 0
+                counts[content.qualified_name(schema, table)] = int(row[0]) if row else 0
             self._counts = counts
         except BaseException as exc:
             self._error = exc
@@ -210,6 +211,33 @@ class RowCounts:
             self._thread.join(timeout=30)
         with contextlib.suppress(psycopg.Error):
             db.close()
+
+
+def count_rows(conn: Connection, tables: Sequence[str]) -> dict[str, int | None]:
+    """Exact rows of each table (manifest keys, `schema.table`) in the database; None for
+    a table that does not exist. One REPEATABLE READ transaction: one consistent view."""
+    found: dict[str, int | None] = {}
+    with _connect(conn) as c:
+        c.execute("SET row_security = off")  # every row, or an error: never a policy's view
+        c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for key in tables:
+            schema, table = content.split_qualified_name(key)
+            exists = c.execute(
+                "SELECT 1 FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = r.relnamespace WHERE n.nspname = %s AND r.relname = %s",
+                (schema, table)).fetchone()
+            if exists is None:
+                found[key] = None
+                continue
+            try:
+                row = c.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table))).fetchone()
+            except psycopg.Error as exc:
+                raise DatabaseError(
+                    f"cannot count the rows of {key}: {' '.join(str(exc).split())}") from None
+            found[key] = int(row[0]) if row else 0
+        c.execute("COMMIT")
+    return found
 
 
 class Tool:

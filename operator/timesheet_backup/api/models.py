@@ -751,6 +751,12 @@ class VerifySpec:
         maxItems=32,
         items_maxLength=4096,
     )
+    row_counts: bool = field(
+        "Each restored table must have exactly the rows the backup counted in its dump's "
+        "snapshot (manifest rowCounts; a backup without counts compares nothing). On for a "
+        "schedule's restore tests.",
+        default=False,
+    )
 
 
 @dataclass(kw_only=True)

@@ -76,7 +76,8 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         "components": ["database"],
         "database": {"name": scratch, "createDatabase": True, "clean": True,
                      "dropAfter": True},
-        "verify": {"sqlChecks": list(verification.checks)},
+        # The restored tables' rows against the counts taken in the dump's snapshot.
+        "verify": {"sqlChecks": list(verification.checks), "rowCounts": True},
     }
     if verification.decryption:
         spec["decryption"] = dump(verification.decryption)
