@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
 _PART = re.compile(r'"((?:[^"]|"")*)"|([^".]+)')
@@ -108,3 +109,115 @@ def compare_counts(expected: Mapping[str, int],
         if found.get(table) != count
     )
     return CountComparison(len(expected), differences)
+
+
+# --- content alarms: a dump that shrank -------------------------------------------------
+
+SUSPICIOUS = "Suspicious"  # the Backup condition
+DEFAULT_SHRINK_PERCENT = 50
+
+
+@dataclass(frozen=True)
+class ContentFacts:
+    """What a Backup's status says of its contents (copied from its manifest)."""
+
+    name: str
+    size_bytes: int
+    table_count: int | None  # None: no database component, or an agent that did not count
+    row_counts: Mapping[str, int] | None
+
+
+def facts_of(backup: Mapping[str, Any]) -> ContentFacts | None:
+    st = backup.get("status") or {}
+    if not isinstance(st.get("sizeBytes"), int):
+        return None
+    return ContentFacts(backup["metadata"]["name"], st["sizeBytes"], st.get("tableCount"),
+                        st.get("rowCounts"))
+
+
+def is_suspicious(backup: Mapping[str, Any]) -> bool:
+    return any(cond.get("type") == SUSPICIOUS and cond.get("status") == "True"
+               for cond in (backup.get("status") or {}).get("conditions") or [])
+
+
+def previous_good(backups: Sequence[Mapping[str, Any]],
+                  this: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The newest Backup before `this` (by completion time, then name) that Succeeded and
+    is not Suspicious: what a new Backup is compared with. A Suspicious one is never the
+    reference, so an emptied table keeps alarming until a Backup is normal again."""
+    def key(b: Mapping[str, Any]) -> tuple[str, str]:
+        st = b.get("status") or {}
+        return (st.get("completionTime") or b["metadata"].get("creationTimestamp") or "",
+                b["metadata"]["name"])
+
+    this_key = key(this)
+    good = [b for b in backups
+            if b["metadata"]["name"] != this["metadata"]["name"]
+            and (b.get("status") or {}).get("phase") == "Succeeded"
+            and not is_suspicious(b) and key(b) < this_key]
+    return max(good, key=key) if good else None
+
+
+def _fell(old: int, new: int, percent: int) -> bool:
+    """`new` is more than `percent`% below `old` (integers: no rounding at the edge)."""
+    return old > 0 and new * 100 < old * (100 - percent)
+
+
+def suspicion(new: ContentFacts, previous: ContentFacts | None,
+              shrink_percent: int = DEFAULT_SHRINK_PERCENT) -> str | None:
+    """Why this Backup looks wrong, or None: its database dump holds no table, or, against
+    the previous good Backup of its schedule, its total size or a table's rows fell by more
+    than `shrink_percent`% (a table no longer in the dump fell to 0)."""
+    reasons: list[str] = []
+    if new.table_count == 0:
+        reasons.append("the database dump has no tables")
+    if previous is not None:
+        if _fell(previous.size_bytes, new.size_bytes, shrink_percent):
+            reasons.append(
+                f"its size fell by {_percent(previous.size_bytes, new.size_bytes)}% "
+                f"({previous.size_bytes} to {new.size_bytes} bytes, against "
+                f"{previous.name})")
+        if new.row_counts is not None and previous.row_counts is not None:
+            shrunk = []
+            for table, old in sorted(previous.row_counts.items()):
+                count = new.row_counts.get(table, 0)
+                if _fell(old, count, shrink_percent):
+                    gone = "" if table in new.row_counts else ", not in the dump"
+                    shrunk.append(f"{table} {old} to {count} rows{gone}")
+            if shrunk:
+                more = f" and {len(shrunk) - 5} more" if len(shrunk) > 5 else ""
+                reasons.append(f"rows fell by more than {shrink_percent}% against "
+                               f"{previous.name}: " + ", ".join(shrunk[:5]) + more)
+    return "; ".join(reasons) or None
+
+
+def _percent(old: int, new: int) -> int:
+    return (old - new) * 100 // old
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """The Suspicious condition a just-succeeded Backup gets: status "True" with `message`
+    naming what shrank, or "False" (checked, nothing wrong)."""
+
+    status: str
+    reason: str
+    message: str
+
+
+def content_alarm(this: Mapping[str, Any], backups: Sequence[Mapping[str, Any]],
+                  shrink_percent: int) -> Alarm | None:
+    """`this`: the Backup with its final status (sizeBytes, tableCount, rowCounts,
+    completionTime); `backups`: its schedule's Backups. None when there is nothing to say
+    (no facts)."""
+    facts = facts_of(this)
+    if facts is None:
+        return None
+    reference = previous_good(backups, this)
+    previous = facts_of(reference) if reference is not None else None
+    why = suspicion(facts, previous, shrink_percent)
+    if why:
+        return Alarm("True", "ContentShrank", why)
+    against = f"against {previous.name}" if previous else "no previous good Backup to compare"
+    return Alarm("False", "ContentAsExpected",
+                 f"no shrink beyond {shrink_percent}% ({against})")

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from timesheet_backup import constants as c
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import dump
+from timesheet_backup.decisions import content
 from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import planner, retention
 from timesheet_backup.status import TERMINAL_PHASES, parse_time, timestamp
@@ -202,7 +203,8 @@ def backup_records(backups: Sequence[Mapping[str, Any]]) -> list[retention.Backu
     """Retention's view of the schedule's Backups (those being deleted are gone already)."""
     return [retention.BackupRecord(b["metadata"]["name"],
                                    (b.get("status") or {}).get("phase"), time_of(b),
-                                   verified=is_verified(b))
+                                   verified=is_verified(b),
+                                   suspicious=content.is_suspicious(b))
             for b in backups if not b["metadata"].get("deletionTimestamp")]
 
 

@@ -17,7 +17,7 @@ from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.decisions.backups import deletion
 from timesheet_backup.errors import AgentError, ConfigError, MissingBucket
-from timesheet_backup.handlers import bucket
+from timesheet_backup.handlers import bucket, content_alarms
 from timesheet_backup.handlers.common import (
     claim_users,
     config,
@@ -148,6 +148,7 @@ def follow(body: Mapping[str, Any], patch: kopf.Patch) -> None:
           f"backed up {', '.join(manifest.components)} ({size}) to {where}",
           parse(Status, {"size": size, "components": ",".join(manifest.components), **summary},
                 "status"), event="Normal")
+    content_alarms.check(body, patch)  # Suspicious when the dump shrank (issue 14 item 5)
 
 
 @kopf.timer(c.GROUP, c.VERSION, c.PLURAL_BACKUP, interval=POLL_SECONDS, when=not_terminal)

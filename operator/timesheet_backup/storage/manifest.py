@@ -18,7 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from timesheet_backup.api.enums import COMPRESSIONS, DUMP_FORMATS, OBJECT_LOCK_MODES
-from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.constants import (
+    COMPONENT_DATABASE,
+    COMPONENT_UPLOADS,
+    COMPONENTS,
+    ROW_COUNTS_STATUS_MAX,
+)
 from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import layout
 
@@ -431,4 +436,9 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
     }
     if manifest.locked_until is not None:
         out["lockedUntil"] = format_time(manifest.locked_until)
+    database = manifest.artifact(COMPONENT_DATABASE)
+    if database is not None and database.row_counts is not None:
+        out["tableCount"] = len(database.row_counts)
+        if len(database.row_counts) <= ROW_COUNTS_STATUS_MAX:
+            out["rowCounts"] = dict(database.row_counts)
     return out
