@@ -138,35 +138,35 @@ def run_checks(conn: Connection, checks: Sequence[str]) -> list[dict[str, Any]]:
 class RowCounts:
     """Exact row counts of the tables a dump holds, taken in the dump's own snapshot.
 
-    One connection opens a REPEATABLE READ READ ONLY transaction and exports its snapshot
-    (`snapshot_id`, for `pg_dump --snapshot`); a thread then counts, in that same
-    transaction, while pg_dump runs on the imported snapshot: the counts are exactly the
-    rows the dump holds, whatever is written meanwhile, and the dump is not delayed. The
-    transaction stays open until the context exits (after the dump), as pg_dump (and each
-    of its --jobs workers) must import the snapshot while it is open."""
+    One connection opens a REPEATABLE READ READ ONLY transaction, exports its snapshot
+    (`snapshot_id`, for `pg_dump --snapshot`) and then stays idle: the snapshot can be
+    imported only while that transaction is open and healthy, and an error inside it (a
+    count failing) would abort it and make pg_dump's import fail. A thread opens a second
+    connection that imports the same snapshot (SET TRANSACTION SNAPSHOT) and counts there,
+    while pg_dump runs: the counts are exactly the rows the dump holds, whatever is written
+    meanwhile, and the dump is not delayed. Both stay open until the context exits, after
+    the dump (pg_dump and each of its --jobs workers import the snapshot as they start)."""
 
     def __init__(self, conn: Connection, options: DumpOptions) -> None:
         self._conn = conn
         self._options = options
-        self._db: psycopg.Connection[Any] | None = None
+        self._holder: psycopg.Connection[Any] | None = None
+        self._counter: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
         self._counts: dict[str, int] | None = None
         self._error: BaseException | None = None
+        self._cancelled = threading.Event()
         self.snapshot_id = ""
 
     def __enter__(self) -> RowCounts:
-        self._db = _connect(self._conn)
+        self._holder = _connect(self._conn)
         try:
-            # pg_dump's own session settings: no timeout cuts a long count or the open
-            # transaction short, and row security off, so a count is exact or fails (as
-            # pg_dump fails) rather than silently counting only the visible rows.
-            self._db.execute("SET statement_timeout = 0")
-            self._db.execute("SET idle_in_transaction_session_timeout = 0")
-            self._db.execute("SET row_security = off")
-            self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = self._db.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+            # No timeout may end the exporting transaction while pg_dump has yet to import.
+            self._holder.execute("SET idle_in_transaction_session_timeout = 0")
+            self._holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = self._holder.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
         except psycopg.Error as exc:
-            self._db.close()
+            self._holder.close()
             raise DatabaseError(
                 f"cannot export a snapshot of {self._conn.dbname!r} for the dump: "
                 f"{' '.join(str(exc).split())}") from None
@@ -176,9 +176,18 @@ class RowCounts:
         return self
 
     def _count(self) -> None:
-        db = self._db
-        assert db is not None
         try:
+            db = self._counter = _connect(self._conn)
+            if self._cancelled.is_set():
+                return
+            # pg_dump's own session settings: no statement timeout cuts a long count short,
+            # and row security off, so a count is exact or fails (as pg_dump fails) rather
+            # than silently counting only the rows a policy shows.
+            db.execute("SET statement_timeout = 0")
+            db.execute("SET row_security = off")
+            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            db.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                sql.Literal(self.snapshot_id)))
             query, params = pgtools.dumped_tables_query(self._options)
             tables = db.execute(cast(Any, query), params).fetchall()
             counts: dict[str, int] = {}
@@ -200,17 +209,18 @@ class RowCounts:
         return dict(self._counts or {})
 
     def __exit__(self, *exc_info: object) -> None:
-        db = self._db
-        if db is None:
-            return
+        self._cancelled.set()
         if self._thread is not None and self._thread.is_alive():
             # The dump failed or was interrupted: stop counting now rather than after
             # every table has been scanned.
-            with contextlib.suppress(psycopg.Error):
-                db.cancel_safe(timeout=10)
+            if self._counter is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._counter.cancel_safe(timeout=10)
             self._thread.join(timeout=30)
-        with contextlib.suppress(psycopg.Error):
-            db.close()
+        for db in (self._counter, self._holder):
+            if db is not None:
+                with contextlib.suppress(psycopg.Error):
+                    db.close()
 
 
 def count_rows(conn: Connection, tables: Sequence[str]) -> dict[str, int | None]:
