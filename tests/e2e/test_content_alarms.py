@@ -1,6 +1,8 @@
-"""Content alarms (issue 14 item 5) on the cluster: a schedule's Backup of an emptied table
-is Suspicious, with a Warning Event, `tsb_backup_suspicious 1` on the operator's real
-/metrics, and the chart's TimesheetBackupSuspicious alert firing on those samples (promtool).
+"""Row counts on the cluster: a restore test fails when the restored rows differ from the
+counts the backup recorded (issue 12 item 4). Content alarms (issue 14 item 5): a schedule's
+Backup of an emptied table is Suspicious, with a Warning Event, `tsb_backup_suspicious 1` on
+the operator's real /metrics, and the chart's TimesheetBackupSuspicious alert firing on
+those samples (promtool).
 
 No waiting for cron: the schedule is suspended (it only carries `alerts`), and its two
 Backups are made by hand with its label, which is how the operator finds "the previous good
@@ -8,6 +10,7 @@ Backup of the same schedule"."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -82,3 +85,36 @@ def test_a_backup_of_an_emptied_table_is_suspicious(cluster: Cluster, app: App,
     result = subprocess.run(["promtool", "test", "rules", test_file.name], cwd=tmp_path,
                             env=tool_env(cluster), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_row_count_mismatch_fails_the_restore_test(app: App) -> None:
+    """The backup's manifest is edited in the bucket to claim one more row in
+    public.timesheets than the dump holds: the schedule's restore test restores the dump,
+    counts, and fails naming the table, the rows found and the rows expected."""
+    database_only = backup_spec(app, components=["database"])
+    app.create("backups", "seed", database_only,
+               labels={"backup.northstar.io/schedule": "counted"})
+    seed = app.wait_phase("backups", "seed", ("Succeeded", "Failed"))
+    assert seed["status"]["phase"] == "Succeeded", seed["status"]
+    rows = seed["status"]["rowCounts"]["public.timesheets"]
+    key = seed["status"]["manifestKey"]
+    s3 = app.s3()
+    manifest = json.loads(s3.get_object(Bucket=app.bucket, Key=key)["Body"].read())
+    database = next(a for a in manifest["artifacts"] if a["component"] == "database")
+    database["rowCounts"]["public.timesheets"] = rows + 1
+    s3.put_object(Bucket=app.bucket, Key=key, Body=json.dumps(manifest).encode())
+
+    app.create("backupschedules", "counted", {
+        "schedule": "0 0 1 1 *", "template": {"spec": database_only},
+        "verification": {"schedule": "* * * * *", "database": f"{app.database}_counted"},
+    })
+
+    def verified() -> dict[str, Any] | None:
+        return (app.get("backupschedules", "counted").get("status") or {}).get(
+            "lastVerification")
+
+    result = wait_for(verified, 200, interval=2, message="no restore test recorded")
+    assert result["result"] == "Failed", result
+    assert f"table public.timesheets has {rows} rows, the backup had {rows + 1}" in \
+        result["message"], result
+    assert not app.database_exists(f"{app.database}_counted")  # dropped all the same
