@@ -52,3 +52,7 @@ RESERVED_ENV_PREFIX: Final = "TSB_"
 # pods by them) and those the Job controller puts on every pod it creates.
 RESERVED_LABEL_KEYS: Final = (LABEL_MANAGED_BY, "job-name", "controller-uid")
 RESERVED_LABEL_PREFIXES: Final = (f"{GROUP}/", "batch.kubernetes.io/")
+
+# A Backup's status carries its per-table row counts up to this many tables (the object
+# stays small); beyond, only tableCount, and content alarms compare sizes and table counts.
+ROW_COUNTS_STATUS_MAX: Final = 1000

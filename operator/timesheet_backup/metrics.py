@@ -47,6 +47,7 @@ class BackupFacts:
     start: float | None
     completion: float | None
     sizes: Mapping[str, int]  # component -> bytes in the bucket
+    suspicious: bool = False  # condition Suspicious=True (content alarms)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def backup_facts(body: Mapping[str, Any]) -> BackupFacts:
         start=_ts(st.get("startTime")),
         completion=_ts(st.get("completionTime")),
         sizes=sizes,
+        suspicious=any(cond.get("type") == "Suspicious" and cond.get("status") == "True"
+                       for cond in st.get("conditions") or []),
     )
 
 
@@ -254,6 +257,21 @@ def collect(store: Store) -> Iterator[Metric]:
         if entry.failure is not None:
             last_failure.add_metric(labels, entry.failure)
     yield from (last_success, last_failure, duration, size)
+
+    suspicious = GaugeMetricFamily(
+        "tsb_backup_suspicious",
+        "1 if the schedule's newest Succeeded Backup is Suspicious (its dump has no table, "
+        "or its size or a table's rows shrank; content alarms), else 0.",
+        labels=["namespace", "schedule"])
+    newest: dict[tuple[str, str], BackupFacts] = {}
+    for (namespace, _), b in store.backups.items():
+        if b.phase == "Succeeded" and b.schedule:
+            seen = newest.get((namespace, b.schedule))
+            if seen is None or _newer(b.completion, seen.completion):
+                newest[(namespace, b.schedule)] = b
+    for (namespace, schedule), b in sorted(newest.items()):
+        suspicious.add_metric([namespace, schedule], 1.0 if b.suspicious else 0.0)
+    yield suspicious
 
     interval = GaugeMetricFamily(
         "tsb_backup_expected_interval_seconds",

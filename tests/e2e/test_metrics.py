@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 CHART = "charts/timesheet-backup-operator"
 ALERTS = ("TimesheetBackupMissing", "TimesheetBackupFailed", "TimesheetVerificationFailed",
-          "TimesheetRestoreFailed")
+          "TimesheetRestoreFailed", "TimesheetBackupSuspicious")
 HOUR = 3600.0
 
 Sample = tuple[str, dict[str, str], float]

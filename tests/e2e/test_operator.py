@@ -217,8 +217,8 @@ def test_schedule_creates_backups_and_retention_prunes(app: App) -> None:
 def test_verification_records_success_and_failure(app: App) -> None:
     app.create("backups", "seed", backup_spec(app, components=["database"]),
                labels={"backup.northstar.io/schedule": "verified"})
-    assert app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]["phase"] == \
-        "Succeeded"
+    seed = app.wait_phase("backups", "seed", ("Succeeded", "Failed"))
+    assert seed["status"]["phase"] == "Succeeded"
     app.create("backupschedules", "verified", {
         "schedule": "0 0 1 1 *",
         "template": {"spec": backup_spec(app, components=["database"])},
@@ -233,6 +233,10 @@ def test_verification_records_success_and_failure(app: App) -> None:
     result = wait_for(verified, 200, interval=2, message="no restore test recorded")
     assert result["result"] == "Succeeded", result
     assert result["backupName"] == "seed"
+    # The restore test compared every restored table's rows with the backup's own counts.
+    tables = seed["status"]["tableCount"]
+    assert f"compared {tables} tables' row counts with the backup's: all equal" in \
+        result["message"], result
     # The scratch database was dropped after the checks.
     assert not app.database_exists(f"{app.database}_verify")
 

@@ -164,3 +164,50 @@ def test_psql_error_wins_over_its_context_lines() -> None:
     ]
     summary = pgtools.summarize_stderr("psql", lines)
     assert summary.startswith("psql failed: must be owner of schema extra"), summary
+
+
+def test_pg_dump_uses_the_exported_snapshot() -> None:
+    args = pgtools.pg_dump_args(CONN, DumpOptions(), snapshot="00000003-0000001B-1")
+    assert "--snapshot=00000003-0000001B-1" in args
+    assert not any(a.startswith("--snapshot") for a in pgtools.pg_dump_args(CONN, DumpOptions()))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "schema", "name"),
+    [
+        ("timesheets", None, "^(timesheets)$"),
+        ("public.timesheets", "^(public)$", "^(timesheets)$"),
+        ("Public.TimeSheets", "^(public)$", "^(timesheets)$"),  # folded like SQL names
+        ('"Public"."TimeSheets"', "^(Public)$", "^(TimeSheets)$"),  # quoted: kept
+        ("app.time*", "^(app)$", "^(time.*)$"),
+        ("app.t?", "^(app)$", "^(t.)$"),
+        ("*.audit_log", "^(.*)$", "^(audit_log)$"),
+        ('"a.b".c', "^(a\\.b)$", "^(c)$"),  # a quoted dot is part of the name
+        ('"we""ird"', None, '^(we"ird)$'),
+        ('"x*"', None, "^(x\\*)$"),  # quoted: regex characters are literal
+        ("pay$", None, "^(pay\\$)$"),
+        ("db.app.t", "^(app)$", "^(t)$"),  # database.schema.name
+        ("t[]", None, "^(t\\[])$"),
+    ],
+)
+def test_name_pattern_follows_pg_dump(pattern: str, schema: str | None, name: str) -> None:
+    assert pgtools.name_pattern(pattern) == pgtools.NamePattern(schema, name)
+
+
+def test_name_pattern_refuses_four_parts() -> None:
+    with pytest.raises(ConfigError, match="too many dotted names"):
+        pgtools.name_pattern("a.b.c.d")
+
+
+def test_dumped_tables_query_passes_patterns_as_parameters() -> None:
+    query, params = pgtools.dumped_tables_query(
+        DumpOptions(tables=("app.*", "t1"), exclude_tables=("app.audit'; DROP",)))
+    assert params == ["^(app)$", "^(.*)$", "^(t1)$", "^(app)$", "^(audit'; drop)$"]
+    assert "DROP" not in query and "audit" not in query
+    assert query.count("%s") == len(params)
+    assert "AND NOT (" in query and "pg_table_is_visible" in query
+
+
+def test_dumped_tables_query_without_selection_has_no_parameters() -> None:
+    query, params = pgtools.dumped_tables_query(DumpOptions())
+    assert params == [] and "%s" not in query

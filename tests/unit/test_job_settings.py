@@ -308,6 +308,8 @@ def test_a_restore_test_runs_with_the_templates_job_settings() -> None:
     assert body["spec"]["job"] == {"serviceAccountName": "writer",
                                    "imagePullSecrets": ["registry"]}
     parse(models.RestoreSpec, body["spec"])
+    # A restore test compares the restored rows with the counts taken in the dump's snapshot.
+    assert body["spec"]["verify"]["rowCounts"] is True
 
 
 def test_a_restore_tests_own_job_settings_win() -> None:

@@ -99,6 +99,23 @@ def test_newest_success_and_failure_per_schedule_and_component() -> None:
     assert series(got, "tsb_backup_last_success_timestamp_seconds", **one_off) is None
 
 
+def test_suspicious_is_the_newest_success_of_each_schedule() -> None:
+    store = Store()
+    shrunk = backup("b2", "Succeeded")
+    shrunk["status"]["conditions"] = [{"type": "Suspicious", "status": "True"}]
+    store.observe_backup(("app", "b1"), backup("b1", "Succeeded", done="2026-11-24T02:05:00Z"))
+    store.observe_backup(("app", "b2"), shrunk)
+    store.observe_backup(("app", "w1"), backup("w1", "Succeeded", schedule="weekly"))
+    store.observe_backup(("app", "once"), backup("once", "Succeeded", schedule=""))
+    got = scrape(store)
+    assert series(got, "tsb_backup_suspicious", namespace="app", schedule="nightly") == 1
+    assert series(got, "tsb_backup_suspicious", namespace="app", schedule="weekly") == 0
+    assert series(got, "tsb_backup_suspicious", namespace="app", schedule="") is None
+    store.observe_backup(("app", "b3"), backup("b3", "Succeeded", done="2026-11-27T02:05:00Z"))
+    assert series(scrape(store), "tsb_backup_suspicious", namespace="app",
+                  schedule="nightly") == 0
+
+
 def test_counters_count_transitions_seen_not_objects_listed_at_start() -> None:
     store = Store()
     # Listed at start-up already finished: not counted (whoever saw it finish counted it).

@@ -50,7 +50,7 @@ def oracle_claims(records: list[BackupRecord], policy: RetentionSpec,
     good = sorted((b for b in records if b.phase == "Succeeded"), key=newest_key,
                   reverse=True)
     failed = sorted((b for b in records if b.phase == "Failed"), key=newest_key, reverse=True)
-    verified = [b for b in good if b.verified]
+    verified = [b for b in good if b.verified and not b.suspicious]
     claims: dict[str, set[str]] = {
         "not finished": {b.name for b in records if b.phase not in ("Succeeded", "Failed")},
         "newest successful": {b.name for b in good[:1]},
@@ -95,7 +95,7 @@ def backups_with_ties(draw: st.DrawFn) -> list[BackupRecord]:
                          draw(st.sampled_from(["Succeeded", "Succeeded", "Succeeded", "Failed",
                                                "Running", None])),
                          NOW - timedelta(hours=draw(st.sampled_from(pool))),
-                         verified=draw(st.booleans()))
+                         verified=draw(st.booleans()), suspicious=draw(st.booleans()))
             for name in names]
 
 
@@ -168,8 +168,8 @@ def test_the_outcome_does_not_depend_on_input_order(data: st.DataObject,
 def test_the_newest_verified_and_keep_verified_survive(records: list[BackupRecord],
                                                        policy: RetentionSpec) -> None:
     pruned = set(retention.to_prune(records, policy, NOW, UTC_ZONE))
-    verified = sorted((b for b in records if b.phase == "Succeeded" and b.verified),
-                      key=newest_key, reverse=True)
+    verified = sorted((b for b in records if b.phase == "Succeeded" and b.verified
+                       and not b.suspicious), key=newest_key, reverse=True)
     promised = verified[:max(1, policy.keep_verified or 0)]
     assert not {b.name for b in promised} & pruned
 
@@ -250,6 +250,20 @@ def test_keep_verified_keeps_the_newest_n_verified() -> None:
     decisions = decided(verified_history(), RetentionSpec(keep_last=1, keep_verified=1))
     assert decisions["b1"].reasons == ["not among the 1 newest (keepLast)",
                                        "not among the 1 newest verified (keepVerified)"]
+
+
+def test_a_suspicious_backup_is_never_verified_proof() -> None:
+    """Content alarms: a verified Backup whose dump shrank is not the proof keepVerified and
+    the newest-verified rule keep."""
+    records = [BackupRecord("new", "Succeeded", NOW - timedelta(days=1)),
+               BackupRecord("shrunk", "Succeeded", NOW - timedelta(days=2), verified=True,
+                            suspicious=True),
+               BackupRecord("proof", "Succeeded", NOW - timedelta(days=3), verified=True)]
+    decisions = decided(records, RetentionSpec(keep_last=1, keep_verified=1))
+    assert decisions["proof"].reasons == ["newest verified", "keepVerified 1"]
+    assert not decisions["shrunk"].keep
+    assert decisions["shrunk"].reasons == ["not among the 1 newest (keepLast)",
+                                           "Suspicious: not counted as verified (keepVerified)"]
 
 
 def test_a_failed_backup_is_never_verified_proof() -> None:

@@ -48,6 +48,7 @@ def sample() -> mf.Manifest:
                 server_version="15.18",
                 tables=("public.timesheets",),
                 no_owner=True,
+                row_counts={"public.timesheets": 42, 'public."Odd.Name"': 0},
             ),
             mf.Artifact(
                 component="uploads",
@@ -218,6 +219,12 @@ def mutate(path: list[Any], value: Any) -> bytes:
         (["artifacts", 0, "verified"], ["trust-me"], "verified"),
         (["artifacts", 0, "surprise"], 1, "unknown field artifacts[0].surprise"),
         (["artifacts", 0, "key"], KeyError, "artifacts[0].key is required"),
+        (["artifacts", 0, "rowCounts"], [1], "rowCounts must map"),
+        (["artifacts", 0, "rowCounts"], {"public.t": -1}, "rowCounts must map"),
+        (["artifacts", 0, "rowCounts"], {"public.t": True}, "rowCounts must map"),
+        (["artifacts", 0, "rowCounts"], {"public.t": 1.5}, "rowCounts must map"),
+        (["artifacts", 0, "tableCount"], 3, "tableCount is 3 but rowCounts has 2"),
+        (["artifacts", 0, "tableCount"], -1, "tableCount"),
     ],
 )
 def test_strict_parsing(path: list[Any], value: Any, message: str) -> None:
@@ -241,6 +248,38 @@ def test_garbage_is_refused(raw: bytes) -> None:
 def test_oversized_manifest_is_refused() -> None:
     with pytest.raises(ManifestError, match="larger"):
         mf.loads(b" " * (mf.MAX_MANIFEST_BYTES + 1))
+
+
+def test_row_counts_json_shape() -> None:
+    db = as_dict()["artifacts"][0]
+    assert db["tableCount"] == 2
+    assert db["rowCounts"] == {"public.timesheets": 42, 'public."Odd.Name"': 0}
+    assert sample().artifacts[0].table_count == 2
+
+
+def test_a_manifest_without_row_counts_is_read_and_written_as_before() -> None:
+    """Manifests written before the agent counted rows have neither field."""
+    data = as_dict()
+    del data["artifacts"][0]["rowCounts"]
+    del data["artifacts"][0]["tableCount"]
+    manifest = mf.from_dict(data)
+    assert manifest.artifacts[0].row_counts is None
+    assert manifest.artifacts[0].table_count is None
+    assert "rowCounts" not in json.loads(mf.dumps(manifest))["artifacts"][0]
+
+
+def test_table_count_needs_row_counts() -> None:
+    data = as_dict()
+    del data["artifacts"][0]["rowCounts"]
+    with pytest.raises(ManifestError, match="tableCount without rowCounts"):
+        mf.from_dict(data)
+
+
+def test_an_empty_dump_has_zero_tables() -> None:
+    data = as_dict()
+    data["artifacts"][0]["rowCounts"] = {}
+    data["artifacts"][0]["tableCount"] = 0
+    assert mf.from_dict(data).artifacts[0].table_count == 0
 
 
 def test_optional_fields_may_be_null_or_absent() -> None:

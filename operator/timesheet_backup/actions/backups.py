@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
-from timesheet_backup.actions import bucket
+from timesheet_backup.actions import bucket, content_alarms
 from timesheet_backup.actions.common import (
     claim_users,
     config,
@@ -136,6 +136,7 @@ def record_manifest(body: Mapping[str, Any], patch: kopf.Patch, job: dict[str, A
     move(body, patch, decide.succeeded(list(manifest.components), size, where),
          parse(Status, {"size": size, "components": ",".join(manifest.components), **summary},
                "status"))
+    content_alarms.check(body, patch)  # Suspicious when the dump shrank
 
 
 def stop_job(namespace: str, job_name: str) -> NoReturn:

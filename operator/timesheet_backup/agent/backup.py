@@ -144,31 +144,38 @@ def _dump_database(
     options = request.dump
     env = dict(os.environ)
 
-    def stream_dump(sink: streams.Sink) -> None:
-        tool = postgres.Tool(clients.located(pgtools.pg_dump_args(conn, options), dump_bin),
-                             stdout=subprocess.PIPE, env=env)
-        try:
-            streams.copy(tool.stdout, sink)
-        except BaseException:
-            tool.kill()
-            raise
-        tool.check()
+    with postgres.RowCounts(conn, options) as counter:
+        def dump_args(output_dir: str | None = None) -> list[str]:
+            return clients.located(
+                pgtools.pg_dump_args(conn, options, output_dir, counter.snapshot_id), dump_bin)
 
-    if options.format == "directory":
-        # pg_dump -Fd writes files (in parallel with --jobs): dump first, then stream a tar.
-        with tempfile.TemporaryDirectory(prefix="tsb-dump-", dir=request.work_dir) as tmp:
-            out = Path(tmp) / "dump"
-            log.info("dumping %s with %d jobs into %s", conn.dbname, options.jobs, out)
-            postgres.Tool(clients.located(pgtools.pg_dump_args(conn, options, str(out)),
-                                          dump_bin), env=env).check()
-            result, verified, _ = _stream_to_store(
-                store, key, request, lambda sink: tarstream.write_tar(out, sink), lock
-            )
-    else:
-        log.info(
-            "dumping %s (%s format) to s3://%s/%s", conn.dbname, options.format, store.bucket, key
-        )
-        result, verified, _ = _stream_to_store(store, key, request, stream_dump, lock)
+        def stream_dump(sink: streams.Sink) -> None:
+            tool = postgres.Tool(dump_args(), stdout=subprocess.PIPE, env=env)
+            try:
+                streams.copy(tool.stdout, sink)
+            except BaseException:
+                tool.kill()
+                raise
+            tool.check()
+
+        if options.format == "directory":
+            # pg_dump -Fd writes files (in parallel with --jobs): dump first, then stream a
+            # tar.
+            with tempfile.TemporaryDirectory(prefix="tsb-dump-", dir=request.work_dir) as tmp:
+                out = Path(tmp) / "dump"
+                log.info("dumping %s with %d jobs into %s", conn.dbname, options.jobs, out)
+                postgres.Tool(dump_args(str(out)), env=env).check()
+                row_counts = counter.result()
+                result, verified, _ = _stream_to_store(
+                    store, key, request, lambda sink: tarstream.write_tar(out, sink), lock
+                )
+        else:
+            log.info("dumping %s (%s format) to s3://%s/%s",
+                     conn.dbname, options.format, store.bucket, key)
+            result, verified, _ = _stream_to_store(store, key, request, stream_dump, lock)
+            row_counts = counter.result()
+    log.info("counted the rows of %d tables in the dump's snapshot (%d rows)",
+             len(row_counts), sum(row_counts.values()))
     return mf.Artifact(
         component=COMPONENT_DATABASE,
         key=key,
@@ -186,6 +193,7 @@ def _dump_database(
         tables=options.tables,
         exclude_tables=options.exclude_tables,
         no_owner=options.no_owner,
+        row_counts=row_counts,
     )
 
 

@@ -325,6 +325,12 @@ def add_parsers(commands: Any) -> None:
         help="SQL whose first column must be true after the restore; repeatable",
     )
     target.add_argument(
+        "--compare-row-counts",
+        action="store_true",
+        help="each restored table must have exactly the rows the backup counted in its "
+             "dump's snapshot (backups with counts; restore tests)",
+    )
+    target.add_argument(
         "--verify",
         default="before",
         choices=("before", "streaming"),
@@ -571,6 +577,7 @@ def restore_request(
         uploads_mode=args.uploads_mode,
         uploads_paths=tuple(args.uploads_paths),
         checks=tuple(args.checks),
+        compare_row_counts=args.compare_row_counts,
         identities=_read_identity(args, env),
         verify=args.verify,
         work_dir=args.work_dir,

@@ -134,7 +134,8 @@ def conninfo(conn: Connection) -> str:
 
 
 def pg_dump_args(
-    conn: Connection, options: DumpOptions, output_dir: str | None = None
+    conn: Connection, options: DumpOptions, output_dir: str | None = None,
+    snapshot: str | None = None,
 ) -> list[str]:
     """pg_dump writing to stdout, except the directory format which writes `output_dir`.
 
@@ -151,6 +152,9 @@ def pg_dump_args(
     args += [f"--exclude-table={t}" for t in options.exclude_tables]
     if options.no_owner:
         args.append("--no-owner")
+    if snapshot:
+        # The snapshot the row counts are taken in (postgres.RowCounts).
+        args.append(f"--snapshot={snapshot}")
     args += ["--dbname", conninfo(conn)]
     return args
 
@@ -297,3 +301,100 @@ def parse_version(output: str) -> str:
     """`pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` -> `15.18`."""
     match = re.search(r"\b(\d+(?:\.\d+)*)", output.split(")", 1)[-1])
     return match.group(1) if match else output.strip()
+
+
+# --- which tables a dump holds rows of (for the same-snapshot row counts) ----------------
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """One `--table` pattern as pg_dump reads it: POSIX regexes anchored like pg_dump's
+    (`^(...)$`) for the schema (None: any schema *visible* on the search path) and the name."""
+
+    schema: str | None
+    name: str
+
+
+def name_pattern(pattern: str) -> NamePattern:
+    """pg_dump's (psql's) `processSQLNamePattern`, ported so the agent counts the tables the
+    dump holds: outside double quotes letters fold to lower case, `*` is `.*`, `?` is `.`,
+    `.` separates schema and name (a third part is the database: ignored, as pg_dump only
+    checks it names the current one); inside quotes every character is literal and `""` is
+    a quote. `$` is always literal. Other regex characters outside quotes pass through, as
+    in pg_dump, so a knowledgeable user's regex means the same in both places."""
+    parts: list[str] = [""]
+    in_quotes = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == '"':
+            if in_quotes and pattern[i + 1:i + 2] == '"':
+                parts[-1] += '"'
+                i += 2
+                continue
+            in_quotes = not in_quotes
+        elif not in_quotes and "A" <= ch <= "Z":
+            parts[-1] += ch.lower()
+        elif not in_quotes and ch == "*":
+            parts[-1] += ".*"
+        elif not in_quotes and ch == "?":
+            parts[-1] += "."
+        elif not in_quotes and ch == ".":
+            parts.append("")
+        elif ch == "$":
+            parts[-1] += "\\$"
+        else:
+            special = in_quotes and ch in "|*+?()[]{}.^\\"
+            if special or (ch == "[" and pattern[i + 1:i + 2] == "]"):
+                parts[-1] += "\\"
+            parts[-1] += ch
+        i += 1
+    if len(parts) > 3:
+        raise ConfigError(f"improper qualified name (too many dotted names): {pattern}")
+    name = f"^({parts[-1]})$"
+    schema = f"^({parts[-2]})$" if len(parts) >= 2 else None
+    return NamePattern(schema, name)
+
+
+# Tables whose rows pg_dump writes: ordinary tables (partitions included; a partitioned
+# parent holds no rows itself), outside the system schemas, not members of an extension
+# (pg_dump dumps only the extension's CREATE EXTENSION), unlogged ones not on a standby
+# (pg_dump skips their data there, as they cannot be read during recovery). Foreign tables
+# are not counted: pg_dump does not dump their data unless asked (--include-foreign-data).
+_DUMPED_TABLES = """
+SELECT n.nspname, c.relname
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r'
+   AND n.nspname <> 'information_schema'
+   AND n.nspname !~ '^pg_'
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                      AND d.objid = c.oid AND d.deptype = 'e')
+   AND (c.relpersistence <> 'u' OR NOT pg_catalog.pg_is_in_recovery())
+"""
+
+
+def _pattern_sql(patterns: Sequence[str], params: list[str]) -> str:
+    terms = []
+    for raw in patterns:
+        p = name_pattern(raw)
+        if p.schema is None:
+            terms.append("(c.relname ~ %s AND pg_catalog.pg_table_is_visible(c.oid))")
+            params.append(p.name)
+        else:
+            terms.append("(n.nspname ~ %s AND c.relname ~ %s)")
+            params += [p.schema, p.name]
+    return " OR ".join(terms)
+
+
+def dumped_tables_query(options: DumpOptions) -> tuple[str, list[str]]:
+    """The query (with its parameters; patterns only ever travel as parameters) listing the
+    (schema, table) pairs whose rows a pg_dump with these options writes."""
+    params: list[str] = []
+    query = _DUMPED_TABLES
+    if options.tables:
+        query += f"   AND ({_pattern_sql(options.tables, params)})\n"
+    if options.exclude_tables:
+        query += f"   AND NOT ({_pattern_sql(options.exclude_tables, params)})\n"
+    return query + " ORDER BY 1, 2", params

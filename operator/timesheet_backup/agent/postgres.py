@@ -16,7 +16,8 @@ import psycopg
 from psycopg import sql
 
 from timesheet_backup.agent import pgtools
-from timesheet_backup.agent.pgtools import Connection
+from timesheet_backup.agent.pgtools import Connection, DumpOptions
+from timesheet_backup.decisions import content
 from timesheet_backup.errors import CheckFailed, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,121 @@ def run_checks(conn: Connection, checks: Sequence[str]) -> list[dict[str, Any]]:
                 )
             results.append({"sql": query, "ok": True})
     return results
+
+
+class RowCounts:
+    """Exact row counts of the tables a dump holds, taken in the dump's own snapshot.
+
+    One connection opens a REPEATABLE READ READ ONLY transaction, exports its snapshot
+    (`snapshot_id`, for `pg_dump --snapshot`) and then stays idle: the snapshot can be
+    imported only while that transaction is open and healthy, and an error inside it (a
+    count failing) would abort it and make pg_dump's import fail. A thread opens a second
+    connection that imports the same snapshot (SET TRANSACTION SNAPSHOT) and counts there,
+    while pg_dump runs: the counts are exactly the rows the dump holds, whatever is written
+    meanwhile, and the dump is not delayed. Both stay open until the context exits, after
+    the dump (pg_dump and each of its --jobs workers import the snapshot as they start)."""
+
+    def __init__(self, conn: Connection, options: DumpOptions) -> None:
+        self._conn = conn
+        self._options = options
+        self._holder: psycopg.Connection[Any] | None = None
+        self._counter: psycopg.Connection[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._counts: dict[str, int] | None = None
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self.snapshot_id = ""
+
+    def __enter__(self) -> RowCounts:
+        self._holder = _connect(self._conn)
+        try:
+            # No timeout may end the exporting transaction while pg_dump has yet to import.
+            self._holder.execute("SET idle_in_transaction_session_timeout = 0")
+            self._holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = self._holder.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        except psycopg.Error as exc:
+            self._holder.close()
+            raise DatabaseError(
+                f"cannot export a snapshot of {self._conn.dbname!r} for the dump: "
+                f"{' '.join(str(exc).split())}") from None
+        self.snapshot_id = str(row[0]) if row else ""
+        self._thread = threading.Thread(target=self._count, name="row-counts", daemon=True)
+        self._thread.start()
+        return self
+
+    def _count(self) -> None:
+        try:
+            db = self._counter = _connect(self._conn)
+            if self._cancelled.is_set():
+                return
+            # pg_dump's own session settings: no statement timeout cuts a long count short,
+            # and row security off, so a count is exact or fails (as pg_dump fails) rather
+            # than silently counting only the rows a policy shows.
+            db.execute("SET statement_timeout = 0")
+            db.execute("SET row_security = off")
+            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            db.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                sql.Literal(self.snapshot_id)))
+            query, params = pgtools.dumped_tables_query(self._options)
+            tables = db.execute(cast(Any, query), params).fetchall()
+            counts: dict[str, int] = {}
+            for schema, table in tables:
+                row = db.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table))).fetchone()
+                counts[content.qualified_name(schema, table)] = int(row[0]) if row else 0
+            self._counts = counts
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> dict[str, int]:
+        """Wait for the counts (call after the dump succeeded)."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            detail = " ".join(str(self._error).split())
+            raise DatabaseError(f"cannot count the rows of the dumped tables: {detail}")
+        return dict(self._counts or {})
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cancelled.set()
+        if self._thread is not None and self._thread.is_alive():
+            # The dump failed or was interrupted: stop counting now rather than after
+            # every table has been scanned.
+            if self._counter is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._counter.cancel_safe(timeout=10)
+            self._thread.join(timeout=30)
+        for db in (self._counter, self._holder):
+            if db is not None:
+                with contextlib.suppress(psycopg.Error):
+                    db.close()
+
+
+def count_rows(conn: Connection, tables: Sequence[str]) -> dict[str, int | None]:
+    """Exact rows of each table (manifest keys, `schema.table`) in the database; None for
+    a table that does not exist. One REPEATABLE READ transaction: one consistent view."""
+    found: dict[str, int | None] = {}
+    with _connect(conn) as c:
+        c.execute("SET row_security = off")  # every row, or an error: never a policy's view
+        c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for key in tables:
+            schema, table = content.split_qualified_name(key)
+            exists = c.execute(
+                "SELECT 1 FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = r.relnamespace WHERE n.nspname = %s AND r.relname = %s",
+                (schema, table)).fetchone()
+            if exists is None:
+                found[key] = None
+                continue
+            try:
+                row = c.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(table))).fetchone()
+            except psycopg.Error as exc:
+                raise DatabaseError(
+                    f"cannot count the rows of {key}: {' '.join(str(exc).split())}") from None
+            found[key] = int(row[0]) if row else 0
+        c.execute("COMMIT")
+    return found
 
 
 class Tool:

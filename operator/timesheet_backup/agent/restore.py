@@ -37,8 +37,10 @@ from timesheet_backup.agent import clients, pgtools, postgres, streams, tarstrea
 from timesheet_backup.agent.pgtools import Connection, RestoreOptions, Selection
 from timesheet_backup.api.enums import UPLOADS_MODES
 from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.decisions import content
 from timesheet_backup.errors import (
     AgentError,
+    CheckFailed,
     ConfigError,
     DatabaseError,
     IntegrityError,
@@ -69,6 +71,8 @@ class RestoreRequest:
     uploads_mode: str = "replace"
     uploads_paths: tuple[str, ...] = ()  # empty: every entry of the archive
     checks: tuple[str, ...] = ()
+    # Compare each restored table's rows with the counts the backup took in its snapshot.
+    compare_row_counts: bool = False
     identities: str | None = None
     verify: str = "before"
     work_dir: Path | None = None
@@ -427,6 +431,7 @@ def restore_database(
                 log.warning("%s", exc)
         raise
     try:
+        row_counts = _compare_row_counts(conn, artifact, request)
         checks = postgres.run_checks(conn, request.checks) if request.checks else []
     finally:
         # A restore test into a scratch database: drop it even when a check failed.
@@ -438,11 +443,32 @@ def restore_database(
         "created": created,
         "format": artifact.format,
         "checks": checks,
+        "rowCounts": row_counts,
         "selection": request.selection.describe(),
         "dropped": request.drop_after,
         "serverMajor": target_major,
         "client": plan.describe(artifact.format or "custom"),
     }
+
+
+def _compare_row_counts(conn: Connection, artifact: mf.Artifact,
+                        request: RestoreRequest) -> str | None:
+    """With --compare-row-counts: the restored tables' exact rows against the backup's
+    (CheckFailed naming each table that differs). None when not asked; a sentence when the
+    backup has no counts (taken by an older agent), so the status says so."""
+    if not request.compare_row_counts:
+        return None
+    if artifact.row_counts is None:
+        log.info("the backup has no row counts (an older agent wrote it): nothing compared")
+        return "the backup has no row counts to compare with"
+    selection = request.selection
+    expected = content.restored_counts(artifact.row_counts, selection.tables,
+                                       selection.schemas, selection.schema_only)
+    comparison = content.compare_counts(expected, postgres.count_rows(conn, list(expected)))
+    if not comparison.ok:
+        raise CheckFailed(comparison.message())
+    log.info("%s", comparison.summary())
+    return comparison.summary()
 
 
 # --- uploads -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from timesheet_backup import constants as c
 from timesheet_backup.api import validation as v
 from timesheet_backup.api.enums import (
     CompressionAlgorithm,
@@ -513,6 +514,18 @@ class VerificationSpec:
 
 
 @dataclass(kw_only=True)
+class ContentAlertsSpec:
+    """Content alarms: a Backup whose dump looks wrong gets the Suspicious condition."""
+
+    enabled: bool = field(
+        "Compare each Backup with the previous good one of the schedule.", default=True)
+    shrink_percent: int = field(
+        "Suspicious when the total size or a table's rows fell by more than this percentage "
+        "against the previous good (Succeeded, not Suspicious) Backup; a dump with no table "
+        "is Suspicious whatever this says.", default=50, minimum=1, maximum=100)
+
+
+@dataclass(kw_only=True)
 class BackupScheduleSpec:
     """Backups on a cron schedule, with retention and restore tests."""
 
@@ -547,6 +560,11 @@ class BackupScheduleSpec:
     )
     retention: RetentionSpec | None = field("Which Backups to keep.", default=None)
     verification: VerificationSpec | None = field("Automated restore tests.", default=None)
+    alerts: ContentAlertsSpec | None = field(
+        "Content alarms (on by default, shrinkPercent 50): a Backup whose database dump has "
+        "no table, or whose size or a table's rows shrank, gets Suspicious=True, a Warning "
+        "Event and the timesheet_backup_backup_suspicious metric; keepVerified does not "
+        "count it.", default=None)
     backup_owner_reference: BackupOwnerReference = field(
         "none: Backups outlive their schedule (labelled only). schedule: deleting the schedule "
         "deletes its Backups and, through their deletion policy, their objects.",
@@ -765,6 +783,12 @@ class VerifySpec:
         maxItems=32,
         items_maxLength=4096,
     )
+    row_counts: bool = field(
+        "Each restored table must have exactly the rows the backup counted in its dump's "
+        "snapshot (manifest rowCounts; a backup without counts compares nothing). On for a "
+        "schedule's restore tests.",
+        default=False,
+    )
 
 
 @dataclass(kw_only=True)
@@ -835,7 +859,8 @@ class RestoreSpec:
 class Condition:
     """A metav1.Condition."""
 
-    type: str = field("Ready, Progressing or Failed.", maxLength=64)
+    type: str = field("Ready, Progressing or Failed; a Backup also Suspicious (content "
+                      "alarms).", maxLength=64)
     status: ConditionStatus = field("True, False or Unknown.")
     reason: str = field("CamelCase reason.", maxLength=128)
     message: str = field("Human-readable detail.", maxLength=4096)
@@ -923,6 +948,11 @@ class BackupStatus(RunStatus):
     resolved: Any = field("The settings used, after operator defaults.", default=None)
     verification: BackupVerification | None = field(
         "Restore tests of this Backup (set by its schedule's verification).", default=None)
+    table_count: int | None = field(
+        "Tables whose rows the database dump holds (from the manifest).", default=None)
+    row_counts: dict[str, int] | None = field(
+        "Rows per table (schema.table) in the dump's snapshot, from the manifest; left out "
+        f"beyond {c.ROW_COUNTS_STATUS_MAX} tables.", default=None)
 
 
 @dataclass(kw_only=True)

@@ -482,10 +482,35 @@ def ending(status: Mapping[str, Any]) -> Ending:
                       "Warning")
     source_key = (status.get("resolved") or {}).get("manifestKey")
     message = f"restored from {source_key}"
+    note = _row_counts_step_note(status.get("steps"))
+    if note:
+        message += f"; {note}"
     safety = (status.get("safetyBackup") or {}).get("backupName")
     if safety:
         message += f"; the state before it is in Backup {safety} (restore it to undo)"
     return Ending("Succeeded", "Completed", message, "Normal")
+
+
+def row_counts_note(summary: Mapping[str, Any]) -> str | None:
+    """What the agent's row-count comparison said (its JSON summary's database.rowCounts):
+    e.g. "compared 4 tables' row counts with the backup's: all equal"; None if not asked."""
+    note = (summary.get("database") or {}).get("rowCounts") if summary else None
+    return note if isinstance(note, str) and note else None
+
+
+def _row_counts_step_note(steps: Any) -> str | None:
+    # The restore step's message is the row-count note when one was made (job_step).
+    for step in steps or []:
+        if isinstance(step, Mapping) and step.get("name") == "restore" and \
+                step.get("phase") == "Succeeded":
+            message = step.get("message") or ""
+            if message.startswith(ROW_COUNTS_NOTES):
+                return str(message)
+    return None
+
+
+# How the agent's row-count notes begin (agent/restore.py, decisions/content.py).
+ROW_COUNTS_NOTES = ("compared ", "the backup has no row counts")
 
 
 def unknown_step(step: str) -> RestoreFailed | None:
@@ -657,7 +682,8 @@ def job_step(step: str, name: str, recorded: str | None, job: Mapping[str, Any] 
     if outcome.state == "running":
         return JobStep("wait")
     if outcome.state == "succeeded":
-        return JobStep("done", outcome.reason, outcome.message)
+        return JobStep("done", outcome.reason,
+                       row_counts_note(outcome.summary) or outcome.message)
     if outcome.reason == "JobMissing":
         return JobStep("fail", "JobMissing", f"Job {name}: {outcome.message}")
     return JobStep("fail", JOB_FAILURE[step], outcome.message)

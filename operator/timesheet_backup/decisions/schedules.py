@@ -18,6 +18,7 @@ from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
 from timesheet_backup.decisions.backups import database_target
+from timesheet_backup.decisions import content
 from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import planner, retention
 from timesheet_backup.status import (
@@ -86,7 +87,8 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         "components": ["database"],
         "database": {"name": scratch, "createDatabase": True, "clean": True,
                      "dropAfter": True},
-        "verify": {"sqlChecks": list(verification.checks)},
+        # The restored tables' rows against the counts taken in the dump's snapshot.
+        "verify": {"sqlChecks": list(verification.checks), "rowCounts": True},
         # A scratch target is not in place: nothing to fall back to, and a restore test
         # must not leave Backups behind (whatever it restores, now or later).
         "safetyBackup": {"enabled": False},
@@ -214,7 +216,8 @@ def backup_records(backups: Sequence[Mapping[str, Any]]) -> list[retention.Backu
     """Retention's view of the schedule's Backups (those being deleted are gone already)."""
     return [retention.BackupRecord(b["metadata"]["name"],
                                    (b.get("status") or {}).get("phase"), time_of(b),
-                                   verified=is_verified(b))
+                                   verified=is_verified(b),
+                                   suspicious=content.is_suspicious(b))
             for b in backups if not b["metadata"].get("deletionTimestamp")]
 
 

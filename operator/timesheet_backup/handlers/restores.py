@@ -128,7 +128,7 @@ def restore(run: Run) -> None:
         run.start_job(manifests.restore_job(run.body, run.spec, resolved, config(),
                                             chosen.security_context))
     elif decision.action == "done":
-        run.advance("restore")
+        run.advance("restore", decision.message)  # the row-count comparison, if any
 
 
 def hooks(run: Run) -> None:

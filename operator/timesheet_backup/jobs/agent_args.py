@@ -198,6 +198,8 @@ def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[
             args.append("--drop-database-after")
         checks = spec.verify.sql_checks if spec.verify else None
         args += [f"--check={q}" for q in checks or []]
+        if spec.verify and spec.verify.row_counts:
+            args.append("--compare-row-counts")
     if uploads:
         args += [f"--uploads-dir={UPLOADS_MOUNT}", f"--uploads-mode={uploads.mode}"]
         args += [f"--uploads-path={p}" for p in uploads.paths or []]

@@ -5,7 +5,8 @@ The rules follow restic's `forget` semantics, which platform engineers know:
 - `keepDaily/keepWeekly/keepMonthly n`: for each of the n newest days / ISO weeks / months
   (in the schedule's time zone) that have a successful backup, the newest one of it;
 - `maxAge`: every successful backup younger than this;
-- `keepVerified n`: the n newest successful backups that passed a restore test;
+- `keepVerified n`: the n newest successful backups that passed a restore test and are not
+  Suspicious (content alarms);
 - `keepFailed n`: the n newest failed backups (for inspection);
 - always the newest successful backup, whatever the rules say, so pruning can never leave a
   schedule without a restorable backup;
@@ -42,12 +43,15 @@ NEWEST_VERIFIED = "newest verified"
 @dataclass(frozen=True)
 class BackupRecord:
     """What retention needs to know of a Backup. `time` orders backups: the completion time
-    when there is one, else the creation time. `verified`: it passed a restore test."""
+    when there is one, else the creation time. `verified`: it passed a restore test.
+    `suspicious`: its contents alarmed (decisions/content.py); it is never counted as
+    verified, so a dump of an emptied table cannot be the proof that protects others."""
 
     name: str
     phase: str | None
     time: datetime
     verified: bool = False
+    suspicious: bool = False
 
 
 @dataclass
@@ -113,7 +117,7 @@ def decide(
 
     good = [b for b in ordered if b.phase == SUCCEEDED]
     failed = [b for b in ordered if b.phase == FAILED]
-    verified = [b for b in good if b.verified]
+    verified = [b for b in good if b.verified and not b.suspicious]
     keep((b.name for b in good[:1]), NEWEST_SUCCESSFUL)
     keep((b.name for b in verified[:1]), NEWEST_VERIFIED)
     if policy.keep_last:
@@ -151,7 +155,8 @@ def decide(
         n = policy.keep_verified
         newest_verified = {b.name for b in verified[:n]}
         rule(newest_verified, f"keepVerified {n}", good,
-             lambda b: f"not among the {n} newest verified (keepVerified)" if b.verified
+             lambda b: "Suspicious: not counted as verified (keepVerified)" if b.suspicious
+             else f"not among the {n} newest verified (keepVerified)" if b.verified
              else "not verified (keepVerified)")
     keep((b.name for b in failed[: policy.keep_failed]), f"keepFailed {policy.keep_failed}")
     for b in failed[policy.keep_failed:]:

@@ -18,7 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from timesheet_backup.api.enums import COMPRESSIONS, DUMP_FORMATS, OBJECT_LOCK_MODES
-from timesheet_backup.constants import COMPONENT_DATABASE, COMPONENT_UPLOADS, COMPONENTS
+from timesheet_backup.constants import (
+    COMPONENT_DATABASE,
+    COMPONENT_UPLOADS,
+    COMPONENTS,
+    ROW_COUNTS_STATUS_MAX,
+)
 from timesheet_backup.errors import ManifestError
 from timesheet_backup.storage import layout
 
@@ -54,6 +59,9 @@ class Artifact:
     tables: tuple[str, ...] = ()
     exclude_tables: tuple[str, ...] = ()
     no_owner: bool = False
+    # Exact rows per dumped table ("schema.table"), counted in the dump's own snapshot;
+    # None in manifests written before the agent counted.
+    row_counts: Mapping[str, int] | None = None
     # uploads only
     file_count: int | None = None
     strip_components: int = 0
@@ -63,6 +71,10 @@ class Artifact:
     @property
     def encrypted(self) -> bool:
         return self.encryption != "none"
+
+    @property
+    def table_count(self) -> int | None:
+        return None if self.row_counts is None else len(self.row_counts)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,10 @@ def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
             "excludeTables": list(artifact.exclude_tables),
             "noOwner": artifact.no_owner,
         }
+        if artifact.row_counts is not None:
+            # Only when counted: a manifest without counts stays as older agents wrote it.
+            out["tableCount"] = len(artifact.row_counts)
+            out["rowCounts"] = dict(artifact.row_counts)
     else:
         out |= {
             "fileCount": artifact.file_count,
@@ -254,6 +270,26 @@ class _Fields:
             raise ManifestError(f"manifest: unknown field {self._at(unknown[0])}")
 
 
+def _row_counts(f: _Fields) -> Mapping[str, int] | None:
+    """`rowCounts` (table -> rows) and `tableCount` (its size, for a reader that wants only
+    the number): both absent in older manifests, both present and consistent otherwise."""
+    raw = f._get("rowCounts", False)
+    table_count = f.opt_int("tableCount")
+    if raw is None:
+        if table_count is not None:
+            raise ManifestError(f"manifest: {f.path}.tableCount without rowCounts")
+        return None
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+            and v >= 0 for k, v in raw.items()):
+        raise ManifestError(
+            f"manifest: {f.path}.rowCounts must map table names to integers >= 0")
+    if table_count is not None and table_count != len(raw):
+        raise ManifestError(
+            f"manifest: {f.path}.tableCount is {table_count} but rowCounts has {len(raw)} tables")
+    return dict(raw)
+
+
 def _parse_artifact(data: object, index: int) -> Artifact:
     f = _Fields(data, f"artifacts[{index}]")
     component = f.req_str("component", COMPONENTS)
@@ -289,6 +325,7 @@ def _parse_artifact(data: object, index: int) -> Artifact:
             tables=f.strs("tables"),
             exclude_tables=f.strs("excludeTables"),
             no_owner=f.flag("noOwner", False),
+            row_counts=_row_counts(f),
         )
     else:
         artifact = Artifact(
@@ -399,4 +436,9 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
     }
     if manifest.locked_until is not None:
         out["lockedUntil"] = format_time(manifest.locked_until)
+    database = manifest.artifact(COMPONENT_DATABASE)
+    if database is not None and database.row_counts is not None:
+        out["tableCount"] = len(database.row_counts)
+        if len(database.row_counts) <= ROW_COUNTS_STATUS_MAX:
+            out["rowCounts"] = dict(database.row_counts)
     return out
