@@ -183,9 +183,12 @@ def backup_from_schedule(schedule: Mapping[str, Any], name: str | None,
 
 
 def backup_from_flags(namespace: str, name: str | None, components: Sequence[str],
-                      manifest: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
+                      manifest: Mapping[str, Any] | None, now: datetime,
+                      namespace_flag: str | None = None) -> dict[str, Any]:
     """A one-off Backup: the spec of `manifest` (a Backup from `-f`) or an empty one (every
-    setting from the operator's defaults), with `components` when given."""
+    setting from the operator's defaults), with `components` when given. Its namespace is
+    `-n`'s, else the manifest's, else `namespace` (the context's); a manifest for another
+    namespace than `-n` is refused, as kubectl does."""
     meta: dict[str, Any] = {}
     spec: dict[str, Any] = {}
     if manifest is not None:
@@ -193,6 +196,10 @@ def backup_from_flags(namespace: str, name: str | None, components: Sequence[str
             raise UsageError(f"-f: expected a {c.KIND_BACKUP}, got a {manifest.get('kind')}")
         meta = dict(manifest.get("metadata") or {})
         spec = dict(manifest.get("spec") or {})
+        if namespace_flag and meta.get("namespace") not in (None, namespace_flag):
+            raise UsageError(f"-f: the Backup is for namespace {meta['namespace']}, not "
+                             f"{namespace_flag} (-n)")
+    namespace = namespace_flag or meta.get("namespace") or namespace
     if components:
         spec["components"] = list(dict.fromkeys(components))
     try:  # a misspelt field is refused here, before anything is sent

@@ -168,7 +168,8 @@ def run_backup_now(args: argparse.Namespace, client: Client) -> int:
     else:
         manifest = read_manifest(args.filename) if args.filename else None
         body = plugin.backup_from_flags(client.namespace, args.name, args.component or (),
-                                        manifest, now())
+                                        manifest, now(), args.namespace)
+        client.namespace = body["metadata"]["namespace"]  # -f may name it
     return create_and_follow(args, client, "backup", body)
 
 
@@ -380,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an object we did not expect: still one line
+        print(f"error: internal: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 1
 
 

@@ -172,9 +172,19 @@ def test_a_one_off_backup_from_flags_or_a_manifest() -> None:
                                                "labels": {"why": "upgrade"}},
                 "spec": {"components": ["database", "uploads"], "deletionPolicy": "Retain"}}
     body = plugin.backup_from_flags("app", None, ["database"], manifest, NOW)
-    assert body["metadata"] == {"name": "before-upgrade", "namespace": "app",
+    assert body["metadata"] == {"name": "before-upgrade", "namespace": "x",
                                 "labels": {"why": "upgrade"}}
     assert body["spec"] == {"components": ["database"], "deletionPolicy": "Retain"}
+    # The manifest's namespace unless -n says another one, which is refused (as kubectl).
+    manifest["metadata"]["namespace"] = "prod"
+    assert plugin.backup_from_flags("ctx", None, (), manifest, NOW)["metadata"][
+        "namespace"] == "prod"
+    assert plugin.backup_from_flags("ctx", None, (), manifest, NOW, "prod")["metadata"][
+        "namespace"] == "prod"
+    with pytest.raises(UsageError, match="for namespace prod, not dev"):
+        plugin.backup_from_flags("ctx", None, (), manifest, NOW, "dev")
+    assert plugin.backup_from_flags("ctx", None, (), None, NOW, "dev")["metadata"][
+        "namespace"] == "dev"
     with pytest.raises(UsageError, match="expected a Backup"):
         plugin.backup_from_flags("app", None, (), {"kind": "Restore"}, NOW)
     with pytest.raises(UsageError, match="databse"):
