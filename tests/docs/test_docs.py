@@ -2,8 +2,8 @@
 
 - every YAML block that is a Kubernetes object is accepted by the real API server
   (`kubectl apply --dry-run=server`; e2e cluster), and every manifest under examples/;
-- every `timesheet-backup ...` command line shown runs its subcommand's `--help` and names
-  only flags that subcommand has;
+- every `timesheet-backup ...` and `kubectl timesheet-backup ...` (the kubectl plugin)
+  command line shown runs its subcommand's `--help` and names only flags that subcommand has;
 - every dotted field path named in backticks (`spec.database.host`, `job.podSecurityContext`,
   `status.jobIdentity`) exists in a CRD's schema; Helm values (`defaults.job.resources`) in
   the chart's values.yaml;
@@ -36,6 +36,7 @@ DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
 CRDS = sorted((REPO_ROOT / "crds").glob("*.yaml"))
 VALUES = REPO_ROOT / "charts" / "timesheet-backup-operator" / "values.yaml"
 CLI = [sys.executable, "-m", "timesheet_backup"]
+PLUGIN = [sys.executable, "-m", "timesheet_backup.plugin_cli"]  # kubectl-timesheet_backup
 
 # Kinds whose API the test cluster does not serve, with why they are not dry-run here.
 NOT_SERVED = {
@@ -116,7 +117,7 @@ def test_the_not_served_table_is_used() -> None:
 
 # --- commands ---------------------------------------------------------------------------
 
-COMMAND = re.compile(r"^\s*(?:\$\s*)?(?:kubectl\s+)?timesheet-backup\s+(.*)$")
+COMMAND = re.compile(r"^\s*(?:\$\s*)?((?:kubectl\s+)?timesheet-backup)\s+(.*)$")
 
 
 def command_lines() -> list[tuple[str, str]]:
@@ -126,7 +127,8 @@ def command_lines() -> list[tuple[str, str]]:
         for line in joined.splitlines():
             m = COMMAND.match(line)
             if m:
-                found.append((where, "timesheet-backup " + m.group(1).split("#")[0].strip()))
+                command = " ".join(m.group(1).split())
+                found.append((where, f"{command} " + m.group(2).split("#")[0].strip()))
     return found
 
 
@@ -136,20 +138,21 @@ def test_docs_show_commands() -> None:
 
 @pytest.mark.parametrize(("where", "line"), command_lines(), ids=lambda v: v[:60])
 def test_shown_commands_exist_with_their_flags(where: str, line: str) -> None:
-    words = line.split()[1:]
-    assert not line.startswith("kubectl timesheet-backup"), f"{where}: no kubectl plugin exists"
+    plugin = line.startswith("kubectl timesheet-backup")
+    words = line.split()[2 if plugin else 1:]
+    program, cli = ("kubectl timesheet-backup", PLUGIN) if plugin else ("timesheet-backup", CLI)
     path = []
     for word in words:
         if word.startswith("-") or "=" in word or "/" in word or "$" in word:
             break
         path.append(word)
-    help_run = subprocess.run([*CLI, *path, "--help"], capture_output=True, text=True,
+    help_run = subprocess.run([*cli, *path, "--help"], capture_output=True, text=True,
                               check=False)
-    assert help_run.returncode == 0, f"{where}: `timesheet-backup {' '.join(path)}`: " \
+    assert help_run.returncode == 0, f"{where}: `{program} {' '.join(path)}`: " \
         f"{help_run.stderr.strip()}"
     flags = {w.split("=")[0] for w in words if w.startswith("--")}
     missing = sorted(f for f in flags if f not in help_run.stdout)
-    assert not missing, f"{where}: `timesheet-backup {' '.join(path)}` has no {missing}"
+    assert not missing, f"{where}: `{program} {' '.join(path)}` has no {missing}"
 
 
 # --- fields, values, metrics, alerts ------------------------------------------------------
@@ -316,4 +319,9 @@ def test_the_checks_can_fail() -> None:
         test_shown_commands_exist_with_their_flags("x", "timesheet-backup agent backup --nope")
     with pytest.raises(AssertionError):
         test_shown_commands_exist_with_their_flags("x", "timesheet-backup agent frobnicate")
+    with pytest.raises(AssertionError, match="has no"):
+        test_shown_commands_exist_with_their_flags(
+            "x", "kubectl timesheet-backup restore latest --schedule s --tables t")
+    with pytest.raises(AssertionError):
+        test_shown_commands_exist_with_their_flags("x", "kubectl timesheet-backup frobnicate")
     assert ("database", "hostname") not in crd_paths() and ("database", "host") in crd_paths()

@@ -10,6 +10,8 @@
 - The act layer (actions: Kubernetes and S3 calls, status writes, the database lock) runs
   what the decisions decide; handlers import it, it imports no handler and no agent. The
   decisions (part of the core) import neither.
+- The kubectl plugin (plugin_cli; its pure part, plugin, is core) reaches neither the
+  operator's machinery nor the agent.
 
 Imports under `if TYPE_CHECKING:` are left out: they never run. Every top-level module is
 placed in a layer, so a new one cannot stay outside the rules."""
@@ -32,17 +34,17 @@ LAYERS: dict[str, frozenset[str]] = {
     # Plain data in, plain data out. settings is here too: it reads its file and environment
     # only when load() is called, at startup, and imports no client.
     "core": frozenset({"api", "constants", "decisions", "errors", "jobs", "leader", "metrics",
-                       "schedule", "settings", "status"}),
+                       "plugin", "schedule", "settings", "status"}),
     "storage": frozenset({"storage"}),  # S3 (boto3), manifests, key layout
     "agent": frozenset({"agent"}),  # inside Job pods: pg_dump, tar, streams, restore
     "cluster": frozenset({"handlers", "actions", "kube", "election", "operator_cli",
-                          "crds_cli", "webhook"}),
+                          "crds_cli", "webhook", "plugin_cli"}),
     "entry": frozenset({"__init__", "__main__", "cli"}),  # dispatches to the others
 }
 
 CLUSTER_CLIENTS = ("kopf", "kubernetes", "timesheet_backup.handlers", "timesheet_backup.actions",
                    "timesheet_backup.kube", "timesheet_backup.election",
-                   "timesheet_backup.operator_cli")
+                   "timesheet_backup.operator_cli", "timesheet_backup.plugin_cli")
 RULES: dict[str, tuple[str, ...]] = {
     "core": (*CLUSTER_CLIENTS, "timesheet_backup.agent", "boto3", "botocore", "psycopg",
              "subprocess"),
@@ -52,6 +54,11 @@ RULES: dict[str, tuple[str, ...]] = {
     # The act layer executes decisions (with decisions, kube, storage, jobs); it never calls
     # back into the kopf entry points that call it.
     "actions": ("timesheet_backup.agent", "timesheet_backup.handlers"),
+    # The kubectl plugin acts as the user, with the user's kubeconfig: none of the operator's
+    # machinery (kopf, its handlers and client) or the agent's.
+    "plugin_cli": ("kopf", "timesheet_backup.handlers", "timesheet_backup.actions",
+                   "timesheet_backup.kube",
+                   "timesheet_backup.agent"),
 }
 
 

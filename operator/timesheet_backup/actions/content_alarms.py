@@ -14,10 +14,10 @@ from kubernetes.client import ApiException
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
+from timesheet_backup.actions.common import conditions, now, post_event, write
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import SpecError, parse
 from timesheet_backup.decisions import content
-from timesheet_backup.actions.common import conditions, now, post_event, write
 from timesheet_backup.status import condition, merge_conditions
 
 log = logging.getLogger(__name__)

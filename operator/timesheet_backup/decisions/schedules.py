@@ -17,8 +17,8 @@ from timesheet_backup.api import models
 from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import SpecError, dump, parse
 from timesheet_backup.api.resolve import ResolveError, resolve_backup
-from timesheet_backup.decisions.backups import database_target
 from timesheet_backup.decisions import content
+from timesheet_backup.decisions.backups import database_target
 from timesheet_backup.jobs.pod import owner_reference
 from timesheet_backup.schedule import planner, retention
 from timesheet_backup.status import (

@@ -1,0 +1,114 @@
+"""`kubectl timesheet-backup`, the kubectl plugin, driven as a user would: the console script
+the package installs, with the test cluster's kubeconfig, against the operator installed by
+its chart. A Backup as a run of a schedule, the list, the schedules' status, one table of
+the latest Backup into a side database, the agent's log; and kubectl finds the plugin on
+PATH and runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import wait_for
+from tests.support.dbsnapshot import count_rows, user_tables
+from tests.support.operator import App, run_tool, tool_env
+
+pytestmark = pytest.mark.e2e
+
+# The console script pip installs next to the interpreter running the tests (make venv).
+PLUGIN = Path(sys.executable).parent / "kubectl-timesheet_backup"
+
+
+def plugin(app: App, *argv: str, check: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    if not PLUGIN.is_file():
+        pytest.fail(f"{PLUGIN} is missing: `make venv` installs the package's console "
+                    "scripts", pytrace=False)
+    return run_tool(app.cluster, str(PLUGIN), *argv, "--kubeconfig",
+                    str(app.cluster.kubeconfig), "-n", app.namespace, check=check,
+                    timeout=timeout)
+
+
+def row(output: str, first: str) -> list[str]:
+    """The table row whose first column is `first`, split on kubectl's column gaps."""
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("   ") if cell.strip()]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n{output}")
+
+
+def test_the_plugin_backs_up_lists_restores_and_shows_logs(app: App) -> None:
+    app.create("backupschedules", "nightly", {
+        "schedule": "0 2 * * *",
+        "template": {"spec": {"components": ["database"], "database": app.database_spec(),
+                              "storage": app.storage()}}})
+
+    # backup now --from-schedule: created like a run of the schedule, followed to the end.
+    made = plugin(app, "backup", "now", "--from-schedule", "nightly", "--wait",
+                  "--timeout", "240")
+    first, *_, last = made.stdout.splitlines()
+    assert first.startswith("backup/nightly-manual-") and first.endswith(" created"), \
+        made.stdout
+    name = first.split()[0].split("/", 1)[1]
+    assert last.startswith(f"backup/{name} Succeeded"), made.stdout
+    backup: dict[str, Any] = app.get("backups", name)
+    assert backup["metadata"]["labels"]["backup.northstar.io/schedule"] == "nightly"
+    assert backup["status"]["phase"] == "Succeeded"
+
+    listed = plugin(app, "list").stdout
+    assert listed.splitlines()[0].split() == ["NAME", "SCHEDULE", "PHASE", "SIZE", "AGE",
+                                              "VERIFIED", "COMPONENTS"]
+    cells = row(listed, name)
+    assert cells[1:3] == ["nightly", "Succeeded"]
+    assert cells[3][0].isdigit() and cells[-2:] == ["-", "database"], listed
+
+    # status: the schedule with its last success (written by the schedule's next tick).
+    def schedule_row() -> list[str] | None:
+        cells = row(plugin(app, "status").stdout, "nightly")
+        return cells if cells[3].endswith(" ago") else None
+
+    cells = wait_for(schedule_row, 60, interval=2, message="no last success in `status`")
+    assert cells[1:3] == ["0 2 * * *", "False"] and cells[4].startswith("in "), cells
+
+    # restore latest: one table into a side database while production stays up.
+    rows = count_rows_of(app, app.database, "public.notifications")
+    side = f"{app.database}_plugin"
+    restored = plugin(app, "restore", "latest", "--schedule", "nightly", "--table",
+                      "notifications", "--into", side, "--wait", "--timeout", "280")
+    lines = restored.stdout.splitlines()
+    assert lines[0].startswith("restore/nightly-latest-") and lines[0].endswith(" created")
+    assert lines[-1].startswith("restore/") and " Succeeded" in lines[-1]
+    assert lines[-1].endswith(f"(from {name})"), restored.stdout
+    with app.connect(side) as conn:
+        assert user_tables(conn) == ["public.notifications"]
+    assert count_rows_of(app, side, "public.notifications") == rows
+
+    # logs: the agent's own output, summary included.
+    logs = plugin(app, "logs", "backup", name).stdout
+    assert backup["status"]["artifacts"][0]["sha256"] in logs, logs[-2000:]
+
+    # A Backup that does not exist: one line, exit 1.
+    missing = plugin(app, "logs", "backup", "nope", check=False)
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1, missing.stderr
+
+    # kubectl finds the plugin on PATH and runs it for `kubectl timesheet-backup`.
+    env = tool_env(app.cluster)
+    env["PATH"] = f"{PLUGIN.parent}{os.pathsep}{env['PATH']}"
+    found = subprocess.run(["kubectl", "plugin", "list"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert str(PLUGIN) in found.stdout, found.stdout + found.stderr
+    via = subprocess.run(["kubectl", "timesheet-backup", "status", "-n", app.namespace],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert via.returncode == 0, via.stderr
+    assert row(via.stdout, "nightly")[1] == "0 2 * * *"
+
+
+def count_rows_of(app: App, dbname: str, table: str) -> int:
+    with app.connect(dbname) as conn:
+        return count_rows(conn, table)
