@@ -112,8 +112,10 @@ def test_a_missing_delete_secret_warns_and_the_deletion_waits_for_it(app: App) -
         app, components=["database"], storage=write_only_storage(app, "late-deleter")))
     backup = app.wait_phase("backups", "no-deleter", ("Succeeded", "Failed"))
     assert backup["status"]["phase"] == "Succeeded", json.dumps(backup["status"], indent=1)
-    (warning,) = backup["status"]["warnings"]
-    assert "late-deleter" in warning and "(storage.deleteCredentialsSecretRef)" in warning
+    warnings = backup["status"]["warnings"]
+    assert len(warnings) == 1, warnings
+    assert "late-deleter" in warnings[0]
+    assert "(storage.deleteCredentialsSecretRef)" in warnings[0]
     assert any(e.reason == "DeleteSecretMissing" for e in app.events("no-deleter"))
     directory = f"{PREFIX}/{app.namespace}/no-deleter/"
     keys = app.object_keys(directory)
