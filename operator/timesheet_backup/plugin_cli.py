@@ -124,24 +124,24 @@ def out(text: str) -> None:
     print(text, flush=True)
 
 
-def run_list(args: argparse.Namespace, client: Client) -> int:
-    backups = client.list_objects(c.PLURAL_BACKUP, args.all_namespaces)
-    if not backups:
+def print_table(args: argparse.Namespace, client: Client, plural: str, kind: str,
+                rows: Callable[..., Any]) -> int:
+    """Objects of one kind as a kubectl-style table (kubectl's words when there are none)."""
+    objects = client.list_objects(plural, args.all_namespaces)
+    if not objects:
         where = "any namespace" if args.all_namespaces else f"namespace {client.namespace}"
-        print(f"No Backups found in {where}.", file=sys.stderr)
+        print(f"No {kind}s found in {where}.", file=sys.stderr)
         return 0
-    out(plugin.table(plugin.backup_rows(backups, now(), args.all_namespaces)))
+    out(plugin.table(rows(objects, now(), args.all_namespaces)))
     return 0
+
+
+def run_list(args: argparse.Namespace, client: Client) -> int:
+    return print_table(args, client, c.PLURAL_BACKUP, c.KIND_BACKUP, plugin.backup_rows)
 
 
 def run_status(args: argparse.Namespace, client: Client) -> int:
-    schedules = client.list_objects(c.PLURAL_SCHEDULE, args.all_namespaces)
-    if not schedules:
-        where = "any namespace" if args.all_namespaces else f"namespace {client.namespace}"
-        print(f"No BackupSchedules found in {where}.", file=sys.stderr)
-        return 0
-    out(plugin.table(plugin.schedule_rows(schedules, now(), args.all_namespaces)))
-    return 0
+    return print_table(args, client, c.PLURAL_SCHEDULE, c.KIND_SCHEDULE, plugin.schedule_rows)
 
 
 def read_manifest(path: str) -> dict[str, Any]:
