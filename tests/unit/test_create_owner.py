@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 
 def resolved(**database: Any) -> dict[str, Any]:
-    """A Restore's status.resolved, as handlers/restore_actions.resolve() writes it."""
+    """A Restore's status.resolved, as actions/restores.py resolve() writes it."""
     return {
         "storage": {"bucket": "backups", "prefix": "timesheet"},
         "manifestKey": "timesheet/prod/nightly/manifest.json",

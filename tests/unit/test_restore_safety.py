@@ -11,11 +11,11 @@ import pytest
 from kubernetes.client import ApiException
 
 from timesheet_backup import constants as c
+from timesheet_backup.actions import restores as actions
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.decisions import restores as decide
 from timesheet_backup.decisions import schedules
-from timesheet_backup.handlers import restore_actions as actions
 
 pytestmark = pytest.mark.unit
 

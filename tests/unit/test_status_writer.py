@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from timesheet_backup.actions import common
+from timesheet_backup.actions import restore_steps as restores
 from timesheet_backup.api import models
 from timesheet_backup.decisions import restores as decide
-from timesheet_backup.handlers import restores
 
 pytestmark = pytest.mark.unit
 

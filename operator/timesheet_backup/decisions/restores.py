@@ -1,6 +1,6 @@
-"""What a Restore does next (pure): handlers/restores.py gathers what it sees (the Restore,
+"""What a Restore does next (pure): actions/restore_steps.py gathers what it sees (the Restore,
 the Backup and manifest, the Secrets, its Jobs and their pods, the Deployments; through
-handlers/restore_actions.py) and carries out what these functions return. No kopf, no
+actions/restores.py) and carries out what these functions return. No kopf, no
 kubernetes, no clock reads: `now` is an argument.
 
 The steps, in order (status.currentStep):

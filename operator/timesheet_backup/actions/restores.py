@@ -1,5 +1,6 @@
 """What a Restore reads from and does to the cluster, the bucket and its own status
-(handlers/restores.py calls these; the choices are made in decisions/restores.py).
+(actions/restore_steps.py and handlers/restores.py call these; the choices are made in
+decisions/restores.py).
 
 Quiesced Deployments carry their original replica count in an annotation written in the same
 patch that scales them to 0, so the count survives an operator crash at any point; unquiesce
