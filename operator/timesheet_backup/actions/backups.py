@@ -32,6 +32,7 @@ from timesheet_backup.jobs.outcome import Outcome, job_outcome
 from timesheet_backup.status import human_size, timestamp
 from timesheet_backup.storage import layout
 from timesheet_backup.storage import manifest as manifests
+from timesheet_backup.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 Status = models.BackupStatus
@@ -80,14 +81,23 @@ def committed(body: Mapping[str, Any]) -> bool:
     operator saw it is then a success, not a vanished run."""
     st = body.get("status") or {}
     try:
-        spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
-        if spec.storage is None or not st.get("manifestKey"):
+        store = _resolved_store(body)
+        if store is None:
             return False
-        manifest = manifests.read(bucket.open_store(spec.storage, body["metadata"]["namespace"]),
-                                  st["manifestKey"])
+        manifest = manifests.read(store, st["manifestKey"])
     except (LookupError, AgentError, SpecError, BotoCoreError, ClientError):
         return False
     return manifest.backup_id == st.get("backupId")
+
+
+def _resolved_store(body: Mapping[str, Any]) -> S3Store | None:
+    """The bucket of the Backup's resolved settings (status.resolved), or None when it has
+    none or no manifest key yet. Raises what parsing and bucket.open_store raise."""
+    st = body.get("status") or {}
+    spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
+    if spec.storage is None or not st.get("manifestKey"):
+        return None
+    return bucket.open_store(spec.storage, body["metadata"]["namespace"])
 
 
 def discard_incomplete_uploads(body: Mapping[str, Any]) -> None:
@@ -96,11 +106,10 @@ def discard_incomplete_uploads(body: Mapping[str, Any]) -> None:
     st = body.get("status") or {}
     namespace = body["metadata"]["namespace"]
     try:
-        spec = parse(models.BackupSpec, st.get("resolved"), "status.resolved")
-        if spec.storage is None or not st.get("manifestKey"):
+        store = _resolved_store(body)
+        if store is None:
             return
-        aborted = bucket.abort_incomplete_uploads(bucket.open_store(spec.storage, namespace),
-                                                  st["manifestKey"])
+        aborted = bucket.abort_incomplete_uploads(store, st["manifestKey"])
     except (LookupError, AgentError, SpecError, BotoCoreError, ClientError) as exc:
         log.warning("backup %s/%s: cannot check for incomplete uploads: %s", namespace,
                     body["metadata"]["name"], exc)
