@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned parts of the e2e node (kubelet, kube-scheduler, kube-proxy, containerd and
-# its runc shim, the CNI plugins, crictl, CoreDNS, the pause program) from the Go module proxy
+# its runc shim, the CNI plugins, crictl, CoreDNS, kube-router's NetworkPolicy controller, the
+# pause program) from the Go module proxy
 # into a cache outside the repo, next to build-tools.sh's control plane.
 #
 #   NODE_BIN=$(bash tests/cluster/build-node-tools.sh | tail -1)
@@ -17,6 +18,9 @@ CONTAINERD_VERSION=v2.4.2
 CNI_PLUGINS_VERSION=v1.10.0
 CRICTL_VERSION=v1.37.0
 COREDNS_VERSION=v1.15.0
+# Added after the rest: versioned by a stamp beside the binary instead of the cache key, so
+# adding it did not rebuild the kubelet (docs/test-cluster.md, "NetworkPolicy").
+KUBE_ROUTER_VERSION=v2.1.0
 # ------------------------------------------------------------------------------
 
 # K8S_VERSION (checked against node/go.mod below), the Go toolchain and flags:
@@ -41,8 +45,9 @@ mkdir -p "$BIN/cni"
 
 TOOLS=(kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr crictl coredns pause
        cni/bridge cni/host-local cni/loopback cni/portmap cni/firewall)
+[ "$(cat "$BIN/kube-router.version" 2>/dev/null)" = "$KUBE_ROUTER_VERSION" ] || rm -f "$BIN/kube-router"
 missing=()
-for t in "${TOOLS[@]}"; do [ -x "$BIN/$t" ] || missing+=("$t"); done
+for t in "${TOOLS[@]}" kube-router; do [ -x "$BIN/$t" ] || missing+=("$t"); done
 if [ ${#missing[@]} -eq 0 ]; then
     log "cache current: $BIN"
     echo "$BIN"
@@ -99,6 +104,11 @@ build crictl "$CRICTL_VERSION" -- install_to_tmp \
     "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}"
 build coredns "$COREDNS_VERSION" -- install_to_tmp -ldflags "-s -w" \
     "github.com/coredns/coredns@${COREDNS_VERSION}"
+# Only its NetworkPolicy controller runs (iptables + ipset): the bridge CNI enforces nothing.
+build kube-router "$KUBE_ROUTER_VERSION" -- install_to_tmp \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=${KUBE_ROUTER_VERSION}" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@${KUBE_ROUTER_VERSION}"
+echo "$KUBE_ROUTER_VERSION" >"$BIN/kube-router.version"
 
 {
     echo "k8s.io/kubernetes $K8S_VERSION (kubelet, kube-scheduler, kube-proxy)"
@@ -106,6 +116,7 @@ build coredns "$COREDNS_VERSION" -- install_to_tmp -ldflags "-s -w" \
     echo "github.com/containernetworking/plugins $CNI_PLUGINS_VERSION"
     echo "sigs.k8s.io/cri-tools $CRICTL_VERSION"
     echo "github.com/coredns/coredns $COREDNS_VERSION"
+    echo "github.com/cloudnativelabs/kube-router/v2 $KUBE_ROUTER_VERSION"
     echo "$("$GO" env GOVERSION)"
 } >"$DIR/PINS"
 log "node tools ready in $((SECONDS - T0))s"

@@ -387,6 +387,7 @@ umask 022
 node_start_kubelet
 node_start_services
 node_wait_ready
+node_start_policy_controller
 
 say "up in $((SECONDS - T0))s: apiserver $APISERVER_URL, postgres $HOST_IP:$PG_PORT, s3 http://$HOST_IP:$S3_PORT, node $NODE_NAME"
 say "use: source ${CL#"$PWD"/}/env"

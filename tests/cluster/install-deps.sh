@@ -4,13 +4,14 @@
 # and the citext extension of the sample schema; zstd, age, tar, gzip: the by-hand restore
 # recipes are tested with the standard tools; openssl: the control plane's certificates;
 # util-linux: runuser/setpriv/flock for the tests and cluster-up; procps: pgrep; iproute2,
-# iptables, runc: the e2e node (the host alias on lo, kube-proxy's rules, containerd's runtime).
+# iptables, ipset, runc: the e2e node (the host alias on lo, kube-proxy's and kube-router's rules,
+# containerd's runtime).
 # debootstrap and docker.io: `make image` (tests/cluster/build-images.sh) builds the image and
 # the test PostgreSQL server images without a registry, on Debian bases made with debootstrap;
 # docker.io's client (< 23) builds with BuildKit without the buildx plugin. An engine from
 # another package (docker-ce) counts as installed.
 set -euo pipefail
-packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl iproute2 iptables runc
+packages=(postgresql postgresql-contrib zstd age tar gzip openssl util-linux procps curl iproute2 iptables ipset runc
           debootstrap docker.io)
 missing=()
 for p in "${packages[@]}"; do

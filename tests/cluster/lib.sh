@@ -23,7 +23,7 @@ lock_cluster() {
 
 # Start order; stopped in reverse.
 COMPONENTS=(etcd postgres versitygw kube-apiserver kube-controller-manager kube-scheduler containerd
-            kubelet kube-proxy coredns provisioner)
+            kubelet kube-proxy kube-router coredns provisioner)
 
 say() { echo "cluster: $*" >&2; }
 

@@ -1,6 +1,7 @@
 # The e2e node: a real kubelet with containerd, runc and the CNI plugins, kube-scheduler,
-# kube-proxy (iptables), CoreDNS and a hostPath provisioner. Sourced by cluster-up.sh (after
-# lib.sh); cluster-down.sh uses node_cleanup. Facts behind the choices: docs/test-cluster.md.
+# kube-proxy (iptables), kube-router's NetworkPolicy controller, CoreDNS and a hostPath
+# provisioner. Sourced by cluster-up.sh (after lib.sh); cluster-down.sh uses node_cleanup.
+# Facts behind the choices: docs/test-cluster.md.
 # shellcheck shell=bash
 
 NODE_NAME=tsb-node
@@ -26,11 +27,11 @@ crictl_() { "$NODE_BIN/crictl" --runtime-endpoint "unix://$CTRD_SOCK" --timeout 
 node_preflight() {
     [ "$(id -u)" = 0 ] || { say "the e2e node (kubelet, containerd) needs root"; exit 1; }
     local t
-    for t in kubelet kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr crictl coredns \
+    for t in kubelet kube-scheduler kube-proxy kube-router containerd containerd-shim-runc-v2 ctr crictl coredns \
         cni/bridge cni/host-local cni/loopback cni/portmap cni/firewall; do
         [ -x "$NODE_BIN/$t" ] || { say "missing $NODE_BIN/$t (tests/cluster/build-node-tools.sh)"; exit 1; }
     done
-    for t in runc iptables iptables-save iptables-restore ip docker; do
+    for t in runc iptables iptables-save iptables-restore ipset ip docker; do
         command -v "$t" >/dev/null || { say "$t not found (make deps)"; exit 1; }
     done
     if pgrep -x kubelet >/dev/null && ! pgrep -f -- "--root-dir $CL/kubelet" >/dev/null; then
@@ -246,6 +247,23 @@ node_wait_ready() {
     say "node $NODE_NAME Ready ($((SECONDS - T0))s)"
 }
 
+# NetworkPolicy enforcement (the bridge plugin has none): only kube-router's firewall runs, as
+# iptables chains KUBE-ROUTER-*/KUBE-POD-FW-*/KUBE-NWPLCY-* and ipsets; routing and Services
+# stay with the bridge and kube-proxy. It needs the Node object (it reads the node's address),
+# so it starts once the kubelet registered. No metrics or health port.
+node_start_policy_controller() {
+    start_proc kube-router "$NODE_BIN/kube-router" --run-firewall=true --run-router=false \
+        --run-service-proxy=false --kubeconfig "$CL/kubeconfig" --hostname-override "$NODE_NAME" \
+        --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --v 1
+    local deadline=$((SECONDS + 60))
+    until grep -q "sync iptables took" "$CL/logs/kube-router.log" 2>/dev/null; do
+        alive "$(pid_of kube-router)" || { tail -n 30 "$CL/logs/kube-router.log" >&2; fail "kube-router exited"; }
+        [ $SECONDS -lt $deadline ] || fail "kube-router did not write its rules within 60s"
+        sleep 0.3
+    done
+    say "NetworkPolicy controller (kube-router) running ($((SECONDS - T0))s)"
+}
+
 # ---- teardown -------------------------------------------------------------------------------
 # Pods first, while containerd still runs (the kubelet is already stopped, so nothing restarts
 # them); then whatever is left in the pods' cgroups, the mounts, the network and the sysctls.
@@ -301,6 +319,13 @@ node_iptables_cleanup() {
         for t in "ip kube-proxy" "ip6 kube-proxy" "ip kubelet" "ip6 kubelet"; do
             # shellcheck disable=SC2086
             nft delete table $t 2>/dev/null || true
+        done
+    fi
+    # kube-router's ipsets, once no rule refers to them any more.
+    if command -v ipset >/dev/null; then
+        local set
+        for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)'); do
+            ipset destroy "$set" 2>/dev/null || say "warning: could not destroy ipset $set"
         done
     fi
 }

@@ -118,6 +118,10 @@ class Cluster:
         return k8s.DiscoveryV1Api(self.api)
 
     @cached_property
+    def networking(self) -> k8s.NetworkingV1Api:
+        return k8s.NetworkingV1Api(self.api)
+
+    @cached_property
     def custom(self) -> k8s.CustomObjectsApi:
         return k8s.CustomObjectsApi(self.api)
 
