@@ -51,14 +51,14 @@ test-unit: $(STAMP) ## pure code, no services
 
 test-integration: $(STAMP) tools image ## the agent against real PostgreSQL and S3 servers (and the image against servers 15/17/18)
 	COVERAGE_FILE=.coverage-integration $(VENV)/bin/pytest -m integration tests/integration \
-	    --cov --cov-report=term
+	    --cov --cov-report=term --durations=15
 	$(VENV)/bin/coverage combine --keep --quiet --data-file=.coverage \
 	    $(wildcard .coverage-unit) .coverage-integration
 	@echo "Coverage of unit + integration:"
 	$(VENV)/bin/coverage report --data-file=.coverage
 
 test-e2e: $(STAMP) tools image ## the operator on the local cluster (started if not up), pods from the image
-	$(VENV)/bin/pytest -m e2e tests/e2e
+	$(VENV)/bin/pytest -m e2e tests/e2e --durations=25
 
 test-docs: $(STAMP) tools image ## the docs: YAML blocks dry-run on the cluster, commands, fields, metrics, cited tests
 	$(VENV)/bin/pytest -m docs tests/docs
