@@ -15,7 +15,7 @@ from typing import IO, Any, cast
 import psycopg
 from psycopg import sql
 
-from timesheet_backup.agent import pgtools
+from timesheet_backup.agent import pgtools, roles
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.decisions import content
 from timesheet_backup.errors import CheckFailed, ConfigError, DatabaseError
@@ -323,3 +323,48 @@ class Tool:
                 with contextlib.suppress(OSError):
                     stream.close()
         self.wait()
+
+
+def dump_roles(conn: Connection, with_passwords: bool = False, timeout: float = 600) -> str:
+    """pg_dumpall --roles-only as SQL text (small: one statement per role and membership).
+
+    Runs as the backup's own role; without passwords a non-superuser can take it."""
+    args = roles.pg_dumpall_roles_args(conn, with_passwords)
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              env=os.environ.copy())
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DatabaseError(f"pg_dumpall could not run: {exc}") from None
+    if done.returncode != 0:
+        detail = " ".join(done.stderr.split())[-2000:]
+        hint = roles.passwords_need_superuser_hint(detail) or pgtools.classify(detail)
+        message = f"pg_dumpall --roles-only failed: {detail}"
+        raise DatabaseError(f"{message} ({hint})" if hint else message)
+    return done.stdout
+
+
+def restore_roles(conn: Connection, script: str) -> roles.RolesPlan:
+    """Replay a roles dump onto the server `conn` points at, in one transaction.
+
+    What the target already has decides the plan (roles.plan_roles_restore): existing roles
+    are altered, never dropped; the connecting role, the target's superusers and built-in
+    roles are left alone. All or nothing: a failing statement rolls every role back."""
+    with _connect(conn, autocommit=False) as c:
+        rows = c.execute(roles.role_lists_query()).fetchall()
+        existing, superusers = roles.observed_roles([(str(r), bool(s)) for r, s in rows])
+        plan = roles.plan_roles_restore(script, existing, conn.user, superusers)
+        statement = ""
+        try:
+            for statement in plan.statements:
+                c.execute(statement.encode())
+            c.commit()
+        except psycopg.Error as exc:
+            c.rollback()
+            detail = " ".join(str(exc).split())
+            hint = pgtools.classify(detail)
+            if "permission denied" in detail.lower():
+                hint = f"restoring roles needs a superuser or CREATEROLE; {conn.user!r} is neither"
+            message = f"restoring roles failed at {statement[:120]!r}: {detail}"
+            raise DatabaseError(f"{message} ({hint})" if hint else message) from None
+    log.info("roles restored: %s", plan.describe())
+    return plan
