@@ -208,12 +208,12 @@ SCHEDULE = {"metadata": {"name": "db", "namespace": "ns"}}
 def test_a_pass_over_thousands_makes_few_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder()
     rec.install(monkeypatch)
-    # Oldest first: 100 never started, 300 Delete, 100 Retain (no finalizer) fill the pass;
-    # 2,000 newer Delete Backups wait for the next passes.
+    # Oldest first: 100 never started, 300 Delete and the rest Retain (no finalizer) fill
+    # the pass; 2,000 newer Delete Backups wait for the next passes.
     backups = ([backup(f"n{i}", 9000 + i, started=False, finalizer=False) for i in range(100)]
                + [backup(f"d{i}", 5000 + i) for i in range(300)]
                + [backup(f"r{i}", 3000 + i, policy="Retain", finalizer=False)
-                  for i in range(100)]
+                  for i in range(PRUNE_BATCH - 400)]
                + [backup(f"later{i}", 100 + i) for i in range(2000)]
                + [backup("newest", 1)])
     result = retention_pass("db", backups, [], models.RetentionSpec(keep_last=1), NOW,
@@ -333,3 +333,11 @@ def test_a_batch_refused_key_after_key_is_the_credentials() -> None:
     with pytest.raises(StorageError, match="access denied"):
         store.delete_each([{"Key": f"k{i}"} for i in range(50)])
     assert len(client.single) == S3Store.ONE_BY_ONE_PROBE
+
+
+def test_a_small_batch_refused_key_after_key_is_the_credentials_too() -> None:
+    client = RefusingClient(None)
+    store = S3Store(S3Settings(bucket="b"), client=client)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="access denied"):
+        store.delete_each([{"Key": "k0"}, {"Key": "k1"}])
+    assert client.single == ["k0", "k1"]

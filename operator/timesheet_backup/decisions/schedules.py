@@ -192,11 +192,13 @@ def verification_marks(runs: Sequence[Mapping[str, Any]],
 
 READ_BY_RESTORE = "read by a running Restore"
 # Backups one retention pass deletes at most (per schedule, per tick). Each costs about two
-# API writes (release, DELETE) and a listing of its directory; 500 keeps a pass to a few
-# seconds of the operator's API budget (API priority and fairness answered 429 to ~3,000 of
-# the per-Backup requests of a 5,000-Backup prune, docs/benchmarks.md), so other schedules'
-# ticks are not starved, while a 5,000 backlog still goes in ten passes.
-PRUNE_BATCH = 500
+# API writes (a PATCH releasing its finalizer, when it has one, and the DELETE) and a
+# listing of its directory; the bound keeps one schedule's pass from holding the operator's
+# API budget (API priority and fairness answered 429 to ~3,000 of the per-Backup requests
+# of a 5,000-Backup prune, docs/benchmarks.md) and its thread for long. 1,000: the pass's
+# manifests fit in one DeleteObjects request, and a 5,000 backlog goes in five ticks (the
+# tick, TICK_SECONDS, then bounds the rate: the lead's benchmark tells whether to raise it).
+PRUNE_BATCH = 1000
 
 
 def locked_until(backup: Mapping[str, Any]) -> datetime | None:

@@ -382,7 +382,8 @@ class S3Store:
         """DeleteObjects in batches of 1,000 (the API's limit), reporting per key: the keys
         the store refused (e.g. under Object Lock) with why, as {key (and " (version v)"
         when one was given): "Code: Message"}. A failed request (not a per-key refusal)
-        raises StorageError: then nothing is known of the keys it carried."""
+        raises StorageError: then nothing is known of the keys it carried; so does a batch
+        whose keys are all refused one by one (the credentials, not a lock)."""
         refused: dict[str, str] = {}
         for start in range(0, len(objects), 1000):
             batch = objects[start : start + 1000]
@@ -407,7 +408,8 @@ class S3Store:
         return refused
 
     # Keys tried one by one before a refusal of them all is taken for the credentials' (no
-    # right to delete at all), not a lock's: that fails fast instead of 1,000 refusals.
+    # right to delete at all), not a lock's: that fails fast instead of 1,000 refusals, with
+    # the message that names the credentials (so does a batch whose keys were all refused).
     ONE_BY_ONE_PROBE = 10
 
     def _delete_one_by_one(self, objects: list[dict[str, str]], what: str,
@@ -422,7 +424,7 @@ class S3Store:
                 refused[f"{obj['Key']}{version}"] = f"{error.get('Code')}: {error.get('Message')}"
             except BotoCoreError as exc:
                 raise self._error(exc, what) from exc
-            if tried == self.ONE_BY_ONE_PROBE and len(refused) == tried:
+            if len(refused) == tried and tried in (self.ONE_BY_ONE_PROBE, len(objects)):
                 raise self._error(batch_error, what) from batch_error
         return refused
 
