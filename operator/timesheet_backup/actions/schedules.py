@@ -40,6 +40,7 @@ def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
     namespace = body["metadata"]["namespace"]
     targets = decide.prune_targets(backups, decided.prune)
     failed: dict[str, str] = {}
+    changed: list[str] = []
     for group in decide.bucket_groups(targets):
         try:
             store = bucket.open_store(group[0].storage, namespace,  # type: ignore[arg-type]
@@ -65,10 +66,10 @@ def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
                                        if f != c.FINALIZER],
                         "resourceVersion": t.resource_version}
             if not kube.patch_custom_metadata(namespace, c.PLURAL_BACKUP, t.name, metadata):
-                failed[t.name] = "it changed since this pass looked; next pass"
+                changed.append(t.name)  # gone or changed since the LIST: the next pass looks
                 continue
         kube.delete_custom(namespace, c.PLURAL_BACKUP, t.name)
-    report = decide.prune_report(decided, failed)
+    report = decide.prune_report(decided, failed, changed)
     if report:
         post_event(body, report[0], reason="Pruned", message=report[1])
 

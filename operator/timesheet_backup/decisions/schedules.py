@@ -345,13 +345,24 @@ def bucket_groups(targets: Sequence[PruneTarget]) -> list[list[PruneTarget]]:
     return list(groups.values())
 
 
-def prune_report(decided: RetentionPass, failed: Mapping[str, str]
-                 ) -> tuple[Literal["Normal", "Warning"], str] | None:
+def prune_report(decided: RetentionPass, failed: Mapping[str, str],
+                 changed: Sequence[str] = ()) -> tuple[Literal["Normal", "Warning"], str] | None:
     """The one Event of a pass, and the status of the pass with the Backups that could not
     be pruned (`failed`: name -> why; they stay and the next pass tries again): each
-    `status.retention.pruned` entry of a failed one says so (bounded like the others)."""
+    `status.retention.pruned` entry of a failed one says so (bounded like the others).
+    `changed`: Backups that changed (or went) between the LIST and the release, their
+    objects deleted: no failure, the next pass takes them (or finds them gone)."""
     if not decided.prune:
         return None
+    if changed:
+        decided = RetentionPass(prune=[n for n in decided.prune if n not in set(changed)],
+                                event=decided.event, status=decided.status,
+                                deferred=decided.deferred + len(changed))
+        if not decided.prune:
+            return None
+        if not failed:
+            return "Normal", (f"retention deleted {len(decided.prune)} Backup(s); "
+                              f"{decided.deferred} more in the next passes")
     if decided.status is not None:
         for entry in decided.status.get("pruned") or []:
             if entry["name"] in failed:
