@@ -23,6 +23,11 @@ LABEL_VERIFICATION: Final = f"{GROUP}/verification"
 LABEL_SAFETY_FOR: Final = f"{GROUP}/safety-for"
 # Set by the chart on a schedule from values that it rendered suspended because the values
 # (defaults or the schedule's template) lack what its Backups need; the value lists them.
+# The operator's own finalizer (kopf's settings.persistence.finalizer, handlers/startup.py).
+FINALIZER: Final = f"{GROUP}/finalizer"
+# Set by a schedule's retention on a Backup whose objects it deleted itself (in a batch):
+# the Backup then owns nothing in the bucket and goes without a finalizer round.
+ANNOTATION_OBJECTS_DELETED: Final = f"{GROUP}/objects-deleted"
 ANNOTATION_SUSPENDED_UNTIL_SET: Final = f"{GROUP}/suspended-until-set"
 
 COMPONENT_DATABASE: Final = "database"

@@ -193,6 +193,21 @@ def patch_custom_status(namespace: str, plural: str, name: str,
     return True
 
 
+def patch_custom_metadata(namespace: str, plural: str, name: str,
+                          metadata: Mapping[str, Any]) -> bool:
+    """Merge `metadata` into the object's metadata (with a resourceVersion in it: only if
+    the object has not changed since); False when the object is gone or has changed."""
+    try:
+        custom().patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, plural, name, {"metadata": dict(metadata)},
+            _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if not_found(exc) or exc.status == 409:
+            return False
+        raise
+    return True
+
+
 def delete_custom(namespace: str, plural: str, name: str) -> None:
     try:
         custom().delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural, name)

@@ -13,6 +13,7 @@ from tests.support.cluster import Cluster, create_namespace, delete_namespace, w
 from tests.support.dbsnapshot import APP_ROLE, assert_same
 from tests.support.operator import APP_UID, App, delete_all, drop_app, make_app
 from tests.support.trees import assert_same_tree
+from timesheet_backup.constants import FINALIZER
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +177,11 @@ def test_delete_policy_removes_objects_and_retain_keeps_them(app: App) -> None:
     for name in ("gone", "kept"):
         assert app.wait_phase("backups", name, ("Succeeded", "Failed"))["status"]["phase"] == \
             "Succeeded"
+    # Only the Backup that owns objects to delete carries the operator's finalizer (kopf
+    # adds it once the Backup started; a Retain Backup needs no finalizer round).
+    wait_for(lambda: FINALIZER in (app.get("backups", "gone")["metadata"].get("finalizers")
+                                   or []), 30, message="no finalizer on the Delete Backup")
+    assert FINALIZER not in (app.get("backups", "kept")["metadata"].get("finalizers") or [])
     app.delete("backups", "gone")
     app.delete("backups", "kept")
     wait_for(lambda: not app.list("backups"), 60, message="backups not deleted")
@@ -209,6 +215,14 @@ def test_schedule_creates_backups_and_retention_prunes(app: App) -> None:
     # The pruned backups' objects are gone from the bucket; the survivor's are there.
     names = {k.split("/")[2] for k in app.object_keys(f"e2e/{app.namespace}/")}
     assert names == {newest["metadata"]["name"]}
+    # The schedule deleted the objects itself, in a batch, and let the Backups go without a
+    # finalizer round: no per-Backup "Deleted" Event; one "Pruned" Event per pass.
+    pruned = seen - {newest["metadata"]["name"]}
+    assert not [(name, e.reason) for name in sorted(pruned) for e in app.events(name)
+                if e.reason in ("Deleted", "DeleteFailed")]
+    passes = [e for e in app.events("every-minute") if e.reason == "Pruned"]
+    assert passes and all(e.type == "Normal" and e.message.startswith("retention deleted ")
+                          for e in passes), [(e.type, e.message) for e in passes]
     schedule = app.get("backupschedules", "every-minute")["status"]
     assert schedule["nextScheduleTime"] and schedule["lastScheduleTime"]
     assert conditions({"status": schedule})["Ready"]["status"] == "True"

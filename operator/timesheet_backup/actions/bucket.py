@@ -8,6 +8,8 @@ delete")."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from botocore.exceptions import ClientError
 
 from timesheet_backup import kube
@@ -75,6 +77,49 @@ def delete_backup_objects(store: S3Store, manifest_key: str, *, all_versions: bo
     if rest:
         store.delete(rest)
     return len(keys)
+
+
+def delete_many_backups(store: S3Store, manifest_keys: Sequence[str], *,
+                        all_versions: Sequence[str] = ()) -> dict[str, str]:
+    """Delete the objects of several backups of one bucket in few requests: one listing per
+    backup directory, then DeleteObjects of up to 1,000 keys each -- every manifest first
+    (the commit markers, as in `delete_backup_objects`), then the rest of the backups whose
+    manifest went. `all_versions`: the manifest keys of backups in an Object Lock bucket
+    (every version and delete marker goes). Returns {manifest key: why} for the backups
+    whose objects could not all be deleted (their Backups must stay, to say so and be
+    retried); a failed listing or request raises StorageError."""
+    listed: dict[str, list[dict[str, str]]] = {}
+    for manifest_key in manifest_keys:
+        directory = dir_of_manifest(manifest_key)
+        if manifest_key in all_versions:
+            listed[manifest_key] = [
+                {"Key": v.key} if v.version_id == "null"
+                else {"Key": v.key, "VersionId": v.version_id}
+                for v in store.list_versions(directory)]
+        else:
+            listed[manifest_key] = [{"Key": o.key} for o in store.list_objects(directory)]
+
+    def label(obj: dict[str, str]) -> str:
+        return obj["Key"] + (f" (version {obj['VersionId']})" if obj.get("VersionId") else "")
+
+    failed: dict[str, str] = {}
+    manifests = [o for key, objs in listed.items() for o in objs if o["Key"] == key]
+    refused = store.delete_each(manifests)
+    for key, objs in listed.items():
+        why = [f"{label(o)}: {refused[label(o)]}" for o in objs if label(o) in refused]
+        if why:
+            failed[key] = f"could not delete s3://{store.bucket}/{why[0]}"
+    # A backup whose manifest stayed keeps its artifacts too: it stays whole and restorable.
+    rest = [o for key, objs in listed.items() if key not in failed
+            for o in objs if o["Key"] != key]
+    refused = store.delete_each(rest)
+    for key, objs in listed.items():
+        why = [f"{label(o)}: {refused[label(o)]}" for o in objs
+               if o["Key"] != key and label(o) in refused]
+        if why and key not in failed:
+            failed[key] = f"could not delete s3://{store.bucket}/{why[0]}" + (
+                f" (and {len(why) - 1} more)" if len(why) > 1 else "")
+    return failed
 
 
 def abort_incomplete_uploads(store: S3Store, manifest_key: str) -> list[str]:

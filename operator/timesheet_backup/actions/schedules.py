@@ -9,10 +9,12 @@ from typing import Any
 
 from timesheet_backup import constants as c
 from timesheet_backup import kube
+from timesheet_backup.actions import bucket
 from timesheet_backup.actions.common import post_event
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.decisions import schedules as decide
+from timesheet_backup.errors import AgentError, ConfigError, MissingBucket
 
 
 def create_backup(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
@@ -27,12 +29,54 @@ def create_backup(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
         post_event(body, "Normal", reason="BackupCreated", message=f"created Backup {run.name}")
 
 
-def prune(body: Mapping[str, Any], decided: decide.RetentionPass) -> None:
-    """Delete what retention prunes and say why in an Event."""
-    for name in decided.prune:
-        kube.delete_custom(body["metadata"]["namespace"], c.PLURAL_BACKUP, name)
-    if decided.event:
-        post_event(body, "Normal", reason="Pruned", message=decided.event)
+def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
+          backups: Sequence[Mapping[str, Any]]) -> None:
+    """Delete what retention prunes in few requests and say so in one Event: first the
+    objects, batched per bucket (so nothing is left orphaned in the bucket), then the
+    Backups whose objects went -- each marked as owning nothing and released from the
+    finalizer in one PATCH, so no finalizer round (handler run, status writes, Event) per
+    Backup. A Backup whose objects could not be deleted stays, named in the Event and the
+    status, and the next pass tries again."""
+    namespace = body["metadata"]["namespace"]
+    targets = decide.prune_targets(backups, decided.prune)
+    failed: dict[str, str] = {}
+    changed: list[str] = []
+    for group in decide.bucket_groups(targets):
+        try:
+            store = bucket.open_store(group[0].storage, namespace,  # type: ignore[arg-type]
+                                      deleting=True)
+            by_key = {t.manifest_key: t.name for t in group}
+            refused = bucket.delete_many_backups(
+                store, [t.manifest_key for t in group if t.manifest_key],
+                all_versions=[t.manifest_key for t in group if t.all_versions and t.manifest_key])
+        except MissingBucket:
+            continue  # nothing to delete: the bucket is gone
+        except (LookupError, AgentError, ConfigError) as exc:
+            failed.update((t.name, str(exc)) for t in group)
+            continue
+        failed.update((by_key[key], why) for key, why in refused.items())
+    for t in targets:
+        if t.name in failed:
+            continue
+        if t.finalizer:
+            # The annotation keeps kopf from adding the finalizer back before the DELETE
+            # (decisions/backups.py owns_objects); resourceVersion: only as this pass saw it.
+            metadata = {"annotations": {c.ANNOTATION_OBJECTS_DELETED: "true"},
+                        "finalizers": [f for f in _finalizers(backups, t.name)
+                                       if f != c.FINALIZER],
+                        "resourceVersion": t.resource_version}
+            if not kube.patch_custom_metadata(namespace, c.PLURAL_BACKUP, t.name, metadata):
+                changed.append(t.name)  # gone or changed since the LIST: the next pass looks
+                continue
+        kube.delete_custom(namespace, c.PLURAL_BACKUP, t.name)
+    report = decide.prune_report(decided, failed, changed)
+    if report:
+        post_event(body, report[0], reason="Pruned", message=report[1])
+
+
+def _finalizers(backups: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    return next(list(b["metadata"].get("finalizers") or []) for b in backups
+                if b["metadata"]["name"] == name)
 
 
 def retention_status(decided: decide.RetentionPass) -> models.RetentionStatus | None:

@@ -430,7 +430,9 @@ class BackupSpec:
     compression: CompressionSpec | None = field("Compression of the artifacts.", default=None)
     encryption: EncryptionSpec | None = field("Client-side age encryption.", default=None)
     deletion_policy: DeletionPolicy = field(
-        "Delete: deleting the Backup deletes its objects in the bucket. Retain: keeps them.",
+        "Delete: deleting the Backup deletes its objects in the bucket (once it started, the "
+        "Backup carries the operator's finalizer for that). Retain: keeps them; such a Backup "
+        "carries no finalizer.",
         default="Delete",
     )
     job: JobSpec | None = field("Tuning of the backup Job.", default=None)
@@ -990,7 +992,9 @@ class RetentionStatus:
     last_prune_time: str | None = field("When the last pass deleted Backups.", default=None,
                                         **_TIME)
     pruned: list[RetentionEntry] | None = field(
-        "The Backups the last pass that deleted any deleted, and why.", default=None,
+        "The Backups the last pass that deleted any deleted, and why; one whose objects could "
+        "not be deleted stays and says so (\"not deleted, retried next pass: ...\").",
+        default=None,
         maxItems=RETENTION_STATUS_ITEMS)
     next_pruned: list[RetentionEntry] | None = field(
         "Preview: what the pass after the next run will delete, should that run succeed "

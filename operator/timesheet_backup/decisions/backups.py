@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from timesheet_backup import constants as c
 from timesheet_backup.api import models
 from timesheet_backup.api.fields import parse
 from timesheet_backup.status import parse_time, timestamp
@@ -112,6 +113,25 @@ def cleanup(status: Mapping[str, Any], job_pods_left: bool
     if spec.deletion_policy == "Retain" or spec.storage is None:
         return "retain", spec
     return "objects", spec
+
+
+def owns_objects(body: Mapping[str, Any]) -> bool:
+    """Whether deleting this Backup has work to do, so it must carry the finalizer: it
+    started (a manifest key and resolved settings: something may be in the bucket) with
+    deletionPolicy Delete, and no schedule deleted its objects already (the annotation
+    ANNOTATION_OBJECTS_DELETED). A Backup that never started, or with deletionPolicy Retain,
+    carries none: each finalizer costs a PATCH to add and one to release, which for
+    thousands of pruned Backups was most of retention's time (docs/benchmarks.md). Its Job,
+    if one still runs, goes with it by garbage collection (the Job's owner reference); for
+    Retain an agent finishing late only writes what is kept anyway."""
+    meta = body.get("metadata") or {}
+    if c.ANNOTATION_OBJECTS_DELETED in (meta.get("annotations") or {}):
+        return False
+    status = body.get("status") or {}
+    resolved = status.get("resolved") or {}
+    if not status.get("manifestKey") or not resolved:
+        return False
+    return resolved.get("deletionPolicy") != "Retain" and bool(resolved.get("storage"))
 
 
 def completion_time(job: Mapping[str, Any] | None) -> datetime | None:

@@ -191,6 +191,14 @@ def verification_marks(runs: Sequence[Mapping[str, Any]],
 
 
 READ_BY_RESTORE = "read by a running Restore"
+# Backups one retention pass deletes at most (per schedule, per tick). Each costs about two
+# API writes (a PATCH releasing its finalizer, when it has one, and the DELETE) and a
+# listing of its directory; the bound keeps one schedule's pass from holding the operator's
+# API budget (API priority and fairness answered 429 to ~3,000 of the per-Backup requests
+# of a 5,000-Backup prune, docs/benchmarks.md) and its thread for long. 1,000: the pass's
+# manifests fit in one DeleteObjects request, and a 5,000 backlog goes in five ticks (the
+# tick, TICK_SECONDS, then bounds the rate: the lead's benchmark tells whether to raise it).
+PRUNE_BATCH = 1000
 
 
 def locked_until(backup: Mapping[str, Any]) -> datetime | None:
@@ -210,6 +218,7 @@ class RetentionPass:
     prune: list[str] = field(default_factory=list)
     event: str | None = None
     status: dict[str, Any] | None = None
+    deferred: int = 0  # pruned by retention but left to the next passes (PRUNE_BATCH)
 
 
 def backup_records(backups: Sequence[Mapping[str, Any]]) -> list[retention.BackupRecord]:
@@ -260,6 +269,10 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
             hold(d, lock_reason(locks[d.name]))
     kept = [d for d in decisions if d.keep]
     pruned = [d for d in reversed(decisions) if not d.keep]  # oldest first
+    # A backlog (a policy tightened over thousands of Backups) goes in bounded passes, the
+    # oldest first, so one schedule's pass never holds the operator's API budget for long.
+    deferred = len(pruned) - PRUNE_BATCH
+    pruned = pruned[:PRUNE_BATCH]
     # Empty lists, not None: the status is written as a merge patch, where a list replaces
     # the previous one and an absent key would leave it as it was.
     status: dict[str, Any] = {"kept": _entries(kept), "nextPruned": []}
@@ -270,6 +283,9 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
         shown = "; ".join(f"{d.name} ({', '.join(d.reasons)})" for d in pruned[:10])
         result.event = (f"retention deleted {len(pruned)} Backup(s): {shown}"
                         + (" ..." if len(pruned) > 10 else ""))
+        if deferred > 0:
+            result.deferred = deferred
+            result.event += f"; {deferred} more in the next passes"
     if next_run is not None:
         gone = set(result.prune)
         survivors = [r for r in records if r.name not in gone]
@@ -281,6 +297,88 @@ def retention_pass(schedule: str, backups: Sequence[Mapping[str, Any]],
                    and not (d.name in locks and locks[d.name] > next_run)]
         status["nextPruned"] = _entries(preview)
     return result
+
+
+@dataclass(frozen=True)
+class PruneTarget:
+    """How one pruned Backup goes: `storage` and `manifest_key` of the objects the schedule
+    deletes first (None: nothing in the bucket, or deletionPolicy Retain), `all_versions`
+    (Object Lock, after the date: every version), `finalizer` (it carries the operator's
+    finalizer, which the schedule releases itself: its objects are gone already)."""
+
+    name: str
+    storage: models.StorageSpec | None
+    manifest_key: str | None
+    all_versions: bool
+    finalizer: bool
+    resource_version: str | None
+
+
+def prune_targets(backups: Sequence[Mapping[str, Any]], names: Sequence[str]
+                  ) -> list[PruneTarget]:
+    """What pruning `names` takes, Backup by Backup (the same choices as a Backup's own
+    deletion: decisions/backups.py `cleanup`; a locked Backup is never among `names`)."""
+    by_name = {b["metadata"]["name"]: b for b in backups}
+    targets = []
+    for name in names:
+        body = by_name[name]
+        st = body.get("status") or {}
+        storage, key = None, None
+        if st.get("resolved") and st.get("manifestKey"):
+            spec = parse(models.BackupSpec, st["resolved"], "status.resolved")
+            if spec.deletion_policy != "Retain" and spec.storage is not None:
+                storage, key = spec.storage, st["manifestKey"]
+        targets.append(PruneTarget(
+            name, storage, key, all_versions=locked_until(body) is not None,
+            finalizer=c.FINALIZER in (body["metadata"].get("finalizers") or []),
+            resource_version=body["metadata"].get("resourceVersion")))
+    return targets
+
+
+def bucket_groups(targets: Sequence[PruneTarget]) -> list[list[PruneTarget]]:
+    """The targets with objects, grouped by bucket and delete credentials (one client and
+    batched DeleteObjects per group), in the targets' order."""
+    groups: dict[str, list[PruneTarget]] = {}
+    for t in targets:
+        if t.storage is not None and t.manifest_key is not None:
+            groups.setdefault(repr(dump(t.storage)), []).append(t)
+    return list(groups.values())
+
+
+def prune_report(decided: RetentionPass, failed: Mapping[str, str],
+                 changed: Sequence[str] = ()) -> tuple[Literal["Normal", "Warning"], str] | None:
+    """The one Event of a pass, and the status of the pass with the Backups that could not
+    be pruned (`failed`: name -> why; they stay and the next pass tries again): each
+    `status.retention.pruned` entry of a failed one says so (bounded like the others).
+    `changed`: Backups that changed (or went) between the LIST and the release, their
+    objects deleted: no failure, the next pass takes them (or finds them gone)."""
+    if not decided.prune:
+        return None
+    if changed:
+        decided = RetentionPass(prune=[n for n in decided.prune if n not in set(changed)],
+                                event=decided.event, status=decided.status,
+                                deferred=decided.deferred + len(changed))
+        if not decided.prune:
+            return None
+        if not failed:
+            return "Normal", (f"retention deleted {len(decided.prune)} Backup(s); "
+                              f"{decided.deferred} more in the next passes")
+    if decided.status is not None:
+        for entry in decided.status.get("pruned") or []:
+            if entry["name"] in failed:
+                entry["reason"] = f"not deleted, retried next pass: {failed[entry['name']]}"[
+                    :1024]
+    if not failed:
+        assert decided.event is not None
+        return "Normal", decided.event
+    done = len(decided.prune) - len(failed)
+    shown = "; ".join(f"{name} ({why})" for name, why in list(failed.items())[:5])
+    message = (f"retention deleted {done} of {len(decided.prune)} Backup(s); "
+               f"{len(failed)} could not be deleted and stay: {shown}"
+               + (" ..." if len(failed) > 5 else ""))
+    if decided.deferred:
+        message += f"; {decided.deferred} more in the next passes"
+    return "Warning", message[:1024]
 
 
 # --- the tick -----------------------------------------------------------------------------

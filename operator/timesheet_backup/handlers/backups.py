@@ -81,7 +81,13 @@ def reconcile_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         follow(body, patch)
 
 
-@kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL_BACKUP)
+def _owns_objects(body: kopf.Body, **_: Any) -> bool:
+    return decide.owns_objects(body)
+
+
+# Only a Backup that owns objects to delete carries the finalizer (decide.owns_objects); kopf
+# releases the finalizer of one that no longer matches, e.g. a Retain Backup from before.
+@kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL_BACKUP, when=_owns_objects)
 def delete_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     st = body.get("status") or {}
     namespace = body["metadata"]["namespace"]

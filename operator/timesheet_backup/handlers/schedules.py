@@ -63,7 +63,7 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     decided = decide.retention_pass(meta["name"], backups, restores, spec.retention, clock,
                                     cron.zone(spec.time_zone),
                                     parse_time(fields.next_schedule_time))
-    act.prune(body, decided)
+    act.prune(body, decided, backups)
     fields.retention = act.retention_status(decided)
 
     if spec.verification:

@@ -20,7 +20,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     noticed (without them a watch can hang forever)."""
     set_config(operator_settings.load())
     kube.configure()
-    settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+    settings.persistence.finalizer = c.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=c.GROUP, key="last-handled-configuration")

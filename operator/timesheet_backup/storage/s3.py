@@ -370,25 +370,63 @@ class S3Store:
         self._delete_objects([{"Key": k} for k in keys], "delete objects in")
 
     def _delete_objects(self, objects: list[dict[str, str]], what: str) -> None:
-        """DeleteObjects in batches of 1,000 (the API's limit); the first error of a batch
-        is raised, naming the key (and version, when one was given)."""
+        """DeleteObjects in batches of 1,000 (the API's limit); the first error is raised,
+        naming the key (and version, when one was given)."""
+        refused = self.delete_each(objects, what)
+        if refused:
+            key, error = next(iter(refused.items()))
+            raise StorageError(f"could not delete s3://{self.bucket}/{key}: {error}")
+
+    def delete_each(self, objects: list[dict[str, str]], what: str = "delete objects in"
+                    ) -> dict[str, str]:
+        """DeleteObjects in batches of 1,000 (the API's limit), reporting per key: the keys
+        the store refused (e.g. under Object Lock) with why, as {key (and " (version v)"
+        when one was given): "Code: Message"}. A failed request (not a per-key refusal)
+        raises StorageError: then nothing is known of the keys it carried; so does a batch
+        whose keys are all refused one by one (the credentials, not a lock)."""
+        refused: dict[str, str] = {}
         for start in range(0, len(objects), 1000):
+            batch = objects[start : start + 1000]
             try:
                 response = self.client.delete_objects(
                     Bucket=self.bucket,
-                    Delete={"Objects": objects[start : start + 1000],  # type: ignore[typeddict-item]
-                            "Quiet": True},
+                    Delete={"Objects": batch, "Quiet": True},  # type: ignore[typeddict-item]
                 )
-            except (ClientError, BotoCoreError) as exc:
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+                    raise self._error(exc, what) from exc
+                # Some stores (versitygw) refuse the whole request when one key is under
+                # Object Lock, where AWS reports the key: find the refused keys one by one.
+                refused.update(self._delete_one_by_one(batch, what, exc))
+                continue
+            except BotoCoreError as exc:
                 raise self._error(exc, what) from exc
-            errors = response.get("Errors", [])
-            if errors:
-                first = errors[0]
-                version = f" (version {first['VersionId']})" if first.get("VersionId") else ""
-                raise StorageError(
-                    f"could not delete s3://{self.bucket}/{first.get('Key')}{version}: "
-                    f"{first.get('Code')}: {first.get('Message')}"
-                )
+            for error in response.get("Errors", []):
+                version = f" (version {error['VersionId']})" if error.get("VersionId") else ""
+                refused[f"{error.get('Key')}{version}"] = \
+                    f"{error.get('Code')}: {error.get('Message')}"
+        return refused
+
+    # Keys tried one by one before a refusal of them all is taken for the credentials' (no
+    # right to delete at all), not a lock's: that fails fast instead of 1,000 refusals, with
+    # the message that names the credentials (so does a batch whose keys were all refused).
+    ONE_BY_ONE_PROBE = 10
+
+    def _delete_one_by_one(self, objects: list[dict[str, str]], what: str,
+                           batch_error: ClientError) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        for tried, obj in enumerate(objects, start=1):
+            try:
+                self.client.delete_object(Bucket=self.bucket, **obj)  # type: ignore[arg-type]
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                version = f" (version {obj['VersionId']})" if obj.get("VersionId") else ""
+                refused[f"{obj['Key']}{version}"] = f"{error.get('Code')}: {error.get('Message')}"
+            except BotoCoreError as exc:
+                raise self._error(exc, what) from exc
+            if len(refused) == tried and tried in (self.ONE_BY_ONE_PROBE, len(objects)):
+                raise self._error(batch_error, what) from batch_error
+        return refused
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
