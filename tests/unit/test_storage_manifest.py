@@ -61,6 +61,7 @@ def sample() -> mf.Manifest:
                 encryption="age",
                 recipients=("age1xyz",),
                 file_count=7,
+                content_bytes=4096,
                 exclude=("*.tmp",),
                 source_path="/data/uploads",
             ),
@@ -322,3 +323,49 @@ def test_summary_has_the_status_shape() -> None:
         "serverVersion": "15.18",
     }
     assert up["fileCount"] == 7 and "serverVersion" not in up
+
+
+def test_a_manifest_without_content_bytes_is_read_and_written_as_before() -> None:
+    """Manifests written before the agent recorded the uploads' bytes lack the field."""
+    data = as_dict()
+    del data["artifacts"][1]["contentBytes"]
+    manifest = mf.from_dict(data)
+    assert manifest.artifacts[1].content_bytes is None
+    assert "contentBytes" not in json.loads(mf.dumps(manifest))["artifacts"][1]
+
+
+def test_content_bytes_must_be_a_non_negative_int() -> None:
+    data = as_dict()
+    data["artifacts"][1]["contentBytes"] = -1
+    with pytest.raises(ManifestError, match="contentBytes"):
+        mf.from_dict(data)
+
+
+UPLOADS = sample().artifacts[1]  # 7 files, 4096 bytes
+
+
+def test_uploads_that_match_have_no_mismatch() -> None:
+    assert mf.uploads_mismatches(UPLOADS, 7, 4096) == []
+
+
+def test_a_different_file_count_is_named_with_both_numbers() -> None:
+    assert mf.uploads_mismatches(UPLOADS, 6, 4096) == ["file count: expected 7, found 6"]
+
+
+def test_different_bytes_are_named_with_both_numbers() -> None:
+    assert mf.uploads_mismatches(UPLOADS, 7, 4000) == [
+        "bytes of regular files: expected 4096, found 4000"]
+
+
+def test_every_difference_is_named() -> None:
+    assert len(mf.uploads_mismatches(UPLOADS, 1, 1)) == 2
+
+
+def test_an_old_manifest_compares_what_it_has() -> None:
+    from dataclasses import replace
+
+    no_bytes = replace(UPLOADS, content_bytes=None)
+    assert mf.uploads_mismatches(no_bytes, 7, 1) == []
+    assert mf.uploads_mismatches(no_bytes, 8, 1) == ["file count: expected 7, found 8"]
+    nothing = replace(UPLOADS, content_bytes=None, file_count=None)
+    assert mf.uploads_mismatches(nothing, 0, 0) == []

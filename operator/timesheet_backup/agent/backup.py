@@ -229,6 +229,7 @@ def _archive_uploads(store: S3Store, request: BackupRequest, key: str,
         recipients=request.recipients,
         verified=verified,
         file_count=stats.file_count,
+        content_bytes=stats.bytes,
         exclude=request.uploads_exclude,
         source_path=os.path.abspath(root),
     )

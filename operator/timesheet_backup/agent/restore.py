@@ -500,6 +500,14 @@ def restore_uploads(
         if request.uploads_paths and not result.stats.selected:
             raise ConfigError(f"no entry of {artifact.key} matches --uploads-path "
                               f"{', '.join(request.uploads_paths)}: nothing was restored")
+        if not request.uploads_paths:
+            # Before the swap: a stream that differs from what was backed up replaces nothing.
+            mismatches = mf.uploads_mismatches(
+                artifact, result.stats.file_count, result.stats.bytes)
+            if mismatches:
+                raise IntegrityError(
+                    f"{artifact.key} does not match its manifest ({'; '.join(mismatches)}): "
+                    "nothing was restored from it")
         if request.uploads_mode == "replace":
             tarstream.replace_with(target, staging, token)
         else:
@@ -515,6 +523,7 @@ def restore_uploads(
         "directory": str(target),
         "mode": request.uploads_mode,
         "fileCount": result.stats.file_count,
+        "contentBytes": result.stats.bytes,
     }
     if request.uploads_paths:
         summary["paths"] = list(request.uploads_paths)

@@ -885,6 +885,9 @@ class Artifact:
     server_version: str | None = field("PostgreSQL server version (database).", default=None)
     pg_dump_version: str | None = field("pg_dump version (database).", default=None)
     file_count: int | None = field("Files archived (uploads).", default=None)
+    content_bytes: int | None = field(
+        "Bytes of the regular files archived (uploads); absent for backups taken before "
+        "agents recorded it.", default=None)
 
 
 @dataclass(kw_only=True)

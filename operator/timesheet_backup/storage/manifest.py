@@ -64,6 +64,9 @@ class Artifact:
     row_counts: Mapping[str, int] | None = None
     # uploads only
     file_count: int | None = None
+    # Bytes of the regular files' contents; None in manifests written before the agent
+    # recorded it (a restore then compares what the manifest has).
+    content_bytes: int | None = None
     strip_components: int = 0
     exclude: tuple[str, ...] = ()
     source_path: str | None = None
@@ -154,6 +157,9 @@ def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
             "exclude": list(artifact.exclude),
             "sourcePath": artifact.source_path,
         }
+        if artifact.content_bytes is not None:
+            # Only when recorded: older manifests stay as older agents wrote them.
+            out["contentBytes"] = artifact.content_bytes
     return out
 
 
@@ -332,6 +338,7 @@ def _parse_artifact(data: object, index: int) -> Artifact:
             **common,
             format=f.req_str("format", (UPLOADS_FORMAT,)),
             file_count=f.opt_int("fileCount"),
+            content_bytes=f.opt_int("contentBytes"),
             strip_components=f.opt_int("stripComponents") or 0,
             exclude=f.strs("exclude"),
             source_path=f.opt_str("sourcePath"),
@@ -425,6 +432,8 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
             item["serverVersion"] = a.server_version
         elif a.component == COMPONENT_UPLOADS:
             item["fileCount"] = a.file_count
+            if a.content_bytes is not None:
+                item["contentBytes"] = a.content_bytes
         artifacts.append(item)
     out: dict[str, Any] = {
         "backupId": manifest.backup_id,
@@ -442,3 +451,18 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
         if len(database.row_counts) <= ROW_COUNTS_STATUS_MAX:
             out["rowCounts"] = dict(database.row_counts)
     return out
+
+
+def uploads_mismatches(artifact: Artifact, file_count: int, content_bytes: int) -> list[str]:
+    """What an extracted uploads archive has that its manifest does not say: one
+    "what: expected X, found Y" per difference, empty when everything recorded matches.
+    The archive's sha256 (checked while it is read) covers the content; this covers
+    what the tar stream holds against what the agent saw at backup time. Old manifests
+    without a field compare only what they have."""
+    found: list[str] = []
+    if artifact.file_count is not None and artifact.file_count != file_count:
+        found.append(f"file count: expected {artifact.file_count}, found {file_count}")
+    if artifact.content_bytes is not None and artifact.content_bytes != content_bytes:
+        found.append(f"bytes of regular files: expected {artifact.content_bytes}, "
+                     f"found {content_bytes}")
+    return found
