@@ -291,3 +291,44 @@ def test_http_check_reaches_the_agent() -> None:
                                              CONFIG))
     assert args.run is cli.run_http_check
     assert (args.url, args.expected_status, args.timeout) == ("http://web/health", 204, 30)
+
+
+def scratch_restore_job(spec: Mapping[str, Any]) -> dict[str, Any]:
+    backup = resolve_backup({"components": ["database", "uploads"], "database": DB,
+                             "uploads": UPLOADS, "storage": STORAGE}, Defaults())
+    restore = parse(models.RestoreSpec, {"backupName": "nightly", **spec})
+    resolved = decide.resolve(restore, decide.Source(
+        storage=dump(backup.storage), manifest_key="timesheet/nightly/manifest.json",
+        backup_id="uid-1", components=["database", "uploads"],
+        encrypted=["database", "uploads"], database=dump(backup.database),
+        uploads=dump(backup.uploads)))
+    body = {"apiVersion": "backup.northstar.io/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "back", "namespace": "timesheet", "uid": "uid-2"},
+            "spec": dict(spec)}
+    return manifests.restore_job(body, restore, resolved, CONFIG)
+
+
+def test_scratch_uploads_go_into_an_emptydir_with_the_decryption_key() -> None:
+    """A restore test of an encrypted database+uploads backup: the uploads are extracted into
+    a throwaway emptyDir (not the app's claim), and the agent gets the key for them too."""
+    manifest = scratch_restore_job({
+        "uploads": {"scratch": {"sizeLimit": "2Gi"}},
+        "decryption": {"secretRef": {"name": "age", "key": "identity"}}})
+    pod_spec = manifest["spec"]["template"]["spec"]
+    uploads = next(v for v in pod_spec["volumes"] if v["name"] == "uploads")
+    assert uploads == {"name": "uploads", "emptyDir": {"sizeLimit": "2Gi"}}
+    assert not any("persistentVolumeClaim" in v for v in pod_spec["volumes"])
+    args = agent_parses(manifest)
+    env = kubelet_env(manifest)
+    request = cli.restore_request(args, env, args.prefix)
+    request.validate()
+    assert request.components == ("database", "uploads")
+    assert request.uploads_dir == Path(manifests.UPLOADS_MOUNT)
+    assert request.identities is not None  # the age identity, for both artifacts
+
+
+def test_scratch_uploads_without_a_size_limit() -> None:
+    manifest = scratch_restore_job({"uploads": {"scratch": {}},
+                                    "decryption": {"secretRef": {"name": "age", "key": "k"}}})
+    volumes = manifest["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "uploads", "emptyDir": {}} in volumes

@@ -47,10 +47,54 @@ def spec(**fields: Any) -> models.RestoreSpec:
     ({"uploads": {"mode": "merge"}}, BOTH, ["database"]),
     ({"uploads": {"mode": "replace", "subPath": "x"}}, {"components": ["uploads"]},
      ["uploads"]),
+    # a throwaway emptyDir holds nothing of the app's
+    ({"uploads": {"scratch": {}}}, BOTH, ["database"]),
+    ({"uploads": {"scratch": {"sizeLimit": "1Gi"}}}, {"components": ["uploads"]}, []),
 ])
 def test_which_restores_take_a_safety_backup(fields: dict[str, Any], resolved: dict[str, Any],
                                               components: list[str]) -> None:
     assert decide.safety_components(spec(**fields), resolved) == components
+
+
+SCHEDULE = {"apiVersion": c.API_VERSION, "kind": c.KIND_SCHEDULE,
+            "metadata": {"name": "nightly", "namespace": "ns", "uid": "u"},
+            "spec": {"template": {"spec": {}}}}
+
+
+@pytest.mark.parametrize(("components", "restored"), [
+    ("database", ["database"]),
+    ("database,uploads", ["database", "uploads"]),
+    (None, ["database"]),  # a status without components: the database, as before
+])
+def test_a_restore_test_restores_the_uploads_into_a_scratch_volume(
+        components: str | None, restored: list[str]) -> None:
+    status: dict[str, Any] = {"resolved": {"database": {"name": "timesheet_db"}}}
+    if components is not None:
+        status["components"] = components
+    body = schedules.verification_body(
+        SCHEDULE, models.VerificationSpec(
+            schedule="0 3 * * 0",
+            decryption=models.DecryptionSpec(secret_ref=parse(
+                models.SecretKeyRef, {"name": "age", "key": "identity"}))),
+        {"metadata": {"name": "nightly-1"}, "status": status}, "nightly-verify-1")
+    restore = parse(models.RestoreSpec, body["spec"])
+    assert restore.components == restored
+    if "uploads" in restored:
+        assert body["spec"]["uploads"] == {"scratch": {}}
+        # never the app's claim, and nothing of it backed up first
+        resolved = decide.resolve(restore, decide.Source(
+            storage={"bucket": "b"}, manifest_key="p/ns/nightly/manifest.json",
+            backup_id="id", components=["database", "uploads"],
+            encrypted=["database", "uploads"],
+            database={"host": "db", "name": "timesheet_db", "user": "u",
+                      "passwordSecretRef": {"name": "db", "key": "password"}},
+            uploads={"claimName": "app-uploads", "subPath": "files"}))
+        assert resolved["uploads"] == {"scratch": {}, "mode": "replace"}
+        assert decide.safety_components(restore, resolved) == []
+    else:
+        assert "uploads" not in body["spec"]
+    # the key goes along whatever is restored
+    assert body["spec"]["decryption"] == {"secretRef": {"name": "age", "key": "identity"}}
 
 
 def test_a_schedules_restore_test_takes_no_safety_backup() -> None:

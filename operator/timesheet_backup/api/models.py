@@ -690,6 +690,16 @@ class RestoreDatabaseTarget:
 
 
 @dataclass(kw_only=True)
+class ScratchUploads:
+    """A throwaway emptyDir for the uploads: extracted and checked against the manifest
+    (archive sha256, file count, bytes), then gone with the Job's pod."""
+
+    size_limit: str | None = field(
+        "emptyDir sizeLimit (a quantity, e.g. 20Gi); unset: no limit.", default=None,
+        pattern=v.SIZE_QUANTITY_PATTERN, maxLength=16)
+
+
+@dataclass(kw_only=True)
 class RestoreUploadsTarget:
     """Where the uploads are restored; unset fields: the backup's claim."""
 
@@ -705,6 +715,12 @@ class RestoreUploadsTarget:
         ]},
     )
     __cel__ = (
+        {
+            "rule": "!has(self.scratch) || (!has(self.claimName) && !has(self.subPath) "
+                    "&& !has(self.paths))",
+            "message": "scratch restores into a throwaway volume: it excludes claimName, "
+                       "subPath and paths",
+        },
         {
             "rule": "!has(self.paths) || (has(self.mode) && self.mode == 'merge')",
             "message": "paths restores only some files: set mode: merge (replace would "
@@ -723,6 +739,10 @@ class RestoreUploadsTarget:
         "everything else in the target stays as it is.",
         default=None, maxItems=64, items_maxLength=256, items_minLength=1,
         items_pattern=v.PRINTABLE_PATTERN)
+    scratch: ScratchUploads | None = field(
+        "Restore into a throwaway emptyDir instead of a claim: a dry run that proves the "
+        "uploads can be restored and match the manifest, without touching the app's files "
+        "(what a schedule's restore test uses).", default=None)
 
 
 @dataclass(kw_only=True)

@@ -63,6 +63,8 @@ BUCKET_PATTERN: Final = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
 PREFIX_PATTERN: Final = r"^([A-Za-z0-9!_.*'()\-]+)(/[A-Za-z0-9!_.*'()\-]+)*$"
 URL_PATTERN: Final = r"^https?://[^\s]+$"
 AGE_RECIPIENT_PATTERN: Final = r"^age1[02-9ac-hj-np-z]{58}$"
+# A Kubernetes quantity as emptyDir.sizeLimit takes it (binary or decimal suffix).
+SIZE_QUANTITY_PATTERN: Final = r"^[1-9][0-9]{0,9}(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 RELATIVE_PATH_PATTERN: Final = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
 MANIFEST_KEY_PATTERN: Final = r"^([^\x00-\x1f]+/)?manifest\.json$"
 # No `..` path component anywhere.

@@ -229,12 +229,17 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
     target_db = deep_merge(connection, dump(spec.database) if spec.database else {})
     uploads = {k: v for k, v in source.uploads.items() if k in ("claimName", "subPath")}
     target_uploads = deep_merge(uploads, dump(spec.uploads) if spec.uploads else {})
+    if target_uploads.get("scratch") is not None:
+        # A throwaway emptyDir: the backup's claim is not where these uploads go.
+        target_uploads.pop("claimName", None)
+        target_uploads.pop("subPath", None)
     missing = []
     if "database" in components:
         missing += [f"database.{k}" for k in ("host", "name", "user") if not target_db.get(k)]
         if not (target_db.get("passwordSecretRef") or target_db.get("clientCertSecretRef")):
             missing.append("database.passwordSecretRef (or clientCertSecretRef)")
-    if "uploads" in components and not target_uploads.get("claimName"):
+    if ("uploads" in components and not target_uploads.get("claimName")
+            and target_uploads.get("scratch") is None):
         missing.append("uploads.claimName")
     if missing:
         raise RestoreFailed("InvalidSpec", "incomplete restore target, set: " + ", ".join(missing))
@@ -329,7 +334,8 @@ def safety_components(spec: models.RestoreSpec, resolved: Mapping[str, Any]
             db.create_database or db.drop_after or db.data_only):
         chosen.append(c.COMPONENT_DATABASE)
     uploads = spec.uploads or models.RestoreUploadsTarget()
-    if c.COMPONENT_UPLOADS in components and uploads.mode == "replace":
+    if (c.COMPONENT_UPLOADS in components and uploads.mode == "replace"
+            and uploads.scratch is None):  # a scratch emptyDir holds nothing to lose
         chosen.append(c.COMPONENT_UPLOADS)
     return chosen
 

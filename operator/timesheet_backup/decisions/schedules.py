@@ -82,9 +82,13 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
     meta = schedule["metadata"]
     resolved_db = ((backup.get("status") or {}).get("resolved") or {}).get("database") or {}
     scratch = verification.database or f"{resolved_db.get('name', 'timesheet')}_verify"[:63]
+    backed_up = ((backup.get("status") or {}).get("components") or "").split(",")
+    # The uploads too when the backup has them: into a throwaway emptyDir, checked against
+    # the manifest (archive sha256, file count, bytes) by the agent.
+    components = ["database", *(["uploads"] if "uploads" in backed_up else [])]
     spec: dict[str, Any] = {
         "backupName": backup["metadata"]["name"],
-        "components": ["database"],
+        "components": components,
         "database": {"name": scratch, "createDatabase": True, "clean": True,
                      "dropAfter": True},
         # The restored tables' rows against the counts taken in the dump's snapshot.
@@ -93,6 +97,8 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         # must not leave Backups behind (whatever it restores, now or later).
         "safetyBackup": {"enabled": False},
     }
+    if "uploads" in components:
+        spec["uploads"] = {"scratch": {}}
     if verification.decryption:
         spec["decryption"] = dump(verification.decryption)
     # The restore test's Jobs run where the backups' do: the same pull secrets, proxies and

@@ -53,7 +53,10 @@ def restore_job(body: Mapping[str, Any], spec: models.RestoreSpec,
     meta = body["metadata"]
     volumes = []
     uploads = resolved.get("uploads")
-    if uploads:
+    if uploads and uploads.get("scratch") is not None:
+        volumes.append(PodVolume("uploads", None, UPLOADS_MOUNT,
+                                 size_limit=uploads["scratch"].get("sizeLimit")))
+    elif uploads:
         volumes.append(PodVolume("uploads", uploads["claimName"], UPLOADS_MOUNT,
                                  uploads.get("subPath")))
     return agent_job(AgentJob(

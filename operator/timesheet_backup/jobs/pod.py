@@ -165,13 +165,14 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class PodVolume:
-    """A PVC mounted into the agent container."""
+    """A PVC mounted into the agent container, or (claim_name None) a throwaway emptyDir."""
 
     name: str
-    claim_name: str
+    claim_name: str | None
     mount_path: str
     sub_path: str | None = None
     read_only: bool = False
+    size_limit: str | None = None  # emptyDir only
 
 
 @dataclass
@@ -246,8 +247,12 @@ def agent_job(spec: AgentJob, config: OperatorConfig) -> dict[str, Any]:
         if v.sub_path:
             mount["subPath"] = v.sub_path
         mounts.append(mount)
-        volumes.append({"name": v.name, "persistentVolumeClaim": {
-            "claimName": v.claim_name, "readOnly": v.read_only}})
+        if v.claim_name is None:
+            volumes.append({"name": v.name, "emptyDir": (
+                {"sizeLimit": v.size_limit} if v.size_limit else {})})
+        else:
+            volumes.append({"name": v.name, "persistentVolumeClaim": {
+                "claimName": v.claim_name, "readOnly": v.read_only}})
     for sv in spec.secret_volumes:
         mounts.append({"name": sv.name, "mountPath": sv.mount_path, "readOnly": True})
         volumes.append(secret_volume(sv, pod_security))
