@@ -98,6 +98,26 @@ def test_a_tampered_uploads_artifact_fails_with_the_hash(
     assert snapshot_tree(target) == {}
 
 
+def test_a_flipped_byte_fails_with_the_hash_not_the_decryption(
+    pg: PostgresServer, s3: S3Server, bucket: str, sample_db: str, uploads_tree: Path,
+    tmp_path: Path,
+) -> None:
+    """A damaged encrypted artifact first breaks the decryption; the failure names the cause
+    (the object's sha256 is not the manifest's), not only the symptom."""
+    manifest, env = _backup(pg, s3, bucket, sample_db, uploads_tree, tmp_path)
+    key = manifest["artifacts"][1]["key"]
+    data = bytearray(s3.get_bytes(bucket, key))
+    data[len(data) // 2] ^= 0x40
+    s3.put_bytes(bucket, key, bytes(data))
+    target = tmp_path / "scratch"
+    target.mkdir()
+    run = _restore_uploads(pg, s3, bucket, tmp_path, target, env)
+    assert run.returncode != 0, run.describe()
+    assert run.termination is not None and run.termination["ok"] is False
+    assert f"{key} does not match its manifest (sha256" in run.error_line, run.describe()
+    assert snapshot_tree(target) == {}
+
+
 def _recipient(env: dict[str, str]) -> str:
     import pyrage
 

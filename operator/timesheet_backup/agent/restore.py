@@ -142,6 +142,19 @@ class ArtifactReader:
         self.hashing.drain()
         check_digest(self.artifact, self.hashing.size, self.hashing.hexdigest())
 
+    def digest_mismatch(self) -> IntegrityError | None:
+        """After a failed read: the hash error when the stored object is not the one the
+        manifest describes — the cause a decryption, decompression or tar error only shows
+        the symptom of (a tampered artifact fails naming its sha256). None otherwise."""
+        try:
+            self.hashing.drain()
+            check_digest(self.artifact, self.hashing.size, self.hashing.hexdigest())
+        except IntegrityError as exc:
+            return exc
+        except Exception:  # unreadable: the original error stands
+            return None
+        return None
+
     def close(self) -> None:
         if self._decryptor is not None:
             self._decryptor.close()
@@ -495,8 +508,14 @@ def restore_uploads(
                 staging, artifact.strip_components, absolute_roots=roots,
                 include=request.uploads_paths,
             )
-            result = extractor.extract(reader)
-            reader.finish()
+            try:
+                result = extractor.extract(reader)
+                reader.finish()
+            except AgentError as exc:
+                mismatch = reader.digest_mismatch()
+                if mismatch is not None and mismatch is not exc:
+                    raise mismatch from None
+                raise
         if request.uploads_paths and not result.stats.selected:
             raise ConfigError(f"no entry of {artifact.key} matches --uploads-path "
                               f"{', '.join(request.uploads_paths)}: nothing was restored")
