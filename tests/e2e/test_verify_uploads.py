@@ -54,7 +54,9 @@ def test_an_encrypted_uploads_restore_test_passes_then_fails_on_a_tampered_artif
     passed = wait_for(verified, 240, interval=2, message="no restore test recorded")
     assert passed["result"] == "Succeeded", passed
     assert passed["backupName"] == "seed", passed
-    assert passed["message"], passed
+    # The proof says what it compared: the rows and the uploads.
+    assert "row counts with the backup's: all equal" in passed["message"], passed
+    assert "as the manifest records, archive sha256 checked" in passed["message"], passed
     tests = app.list("restores", "backup.northstar.io/verification=true")
     assert tests and all(t["spec"]["components"] == ["database", "uploads"] for t in tests)
     # into the test Job's emptyDir, not the app's claim (which stays as it was)

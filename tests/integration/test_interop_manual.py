@@ -251,6 +251,11 @@ def test_guide_backups_import_and_restore(
     assert manifest["source"] == "import" and manifest["startTime"] == "2024-01-15T02:00:00Z"
     assert (database["format"], database["compression"]) == ("plain", "gzip")
     assert (uploads["format"], uploads["compression"]) == ("tar", "gzip")
+    # Counted from the archive as the agent counts its own, so a restore compares them.
+    files = [p for p in uploads_tree.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert uploads["fileCount"] == len(files)
+    assert uploads["contentBytes"] == sum({p.stat().st_ino: p.stat().st_size
+                                           for p in files}.values())
     stored = s3.get_bytes(bucket, database["key"])
     assert stored == (legacy / "db_20240115.sql.gz").read_bytes()  # byte for byte
 
@@ -261,6 +266,7 @@ def test_guide_backups_import_and_restore(
         tmp_path,
     )
     assert run.returncode == 0, run.describe()
+    assert run.termination["uploads"]["compared"].startswith(f"uploads: {len(files)} files")
     dbsnapshot.assert_same(db_snapshot(pg, sample_db), db_snapshot(pg, scratch_db_name))
     owners = os.geteuid() == 0
     # GNU tar's default format keeps whole-second mtimes

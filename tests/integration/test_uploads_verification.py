@@ -70,6 +70,9 @@ def test_uploads_restore_matches_the_manifest(
     summary = run.termination["uploads"]
     assert summary["fileCount"] == uploads["fileCount"]
     assert summary["contentBytes"] == uploads["contentBytes"]
+    # What the Restore's message will say it compared (decisions/restores.content_notes).
+    assert summary["compared"].startswith(f"uploads: {count} files, "), summary
+    assert summary["compared"].endswith("as the manifest records, archive sha256 checked")
     assert _files_and_bytes(target) == (count, size)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from timesheet_backup.decisions import content
-from timesheet_backup.decisions.restores import ending, job_step, row_counts_note
+from timesheet_backup.decisions.restores import content_notes, ending, job_step
 
 pytestmark = pytest.mark.unit
 
@@ -99,11 +99,23 @@ def test_an_empty_comparison_passes() -> None:
 # --- what the Restore says ---------------------------------------------------------------
 
 
+UPLOADS_NOTE = "uploads: 7 files, 4.0 KiB as the manifest records, archive sha256 checked"
+
+
 def test_the_agent_summary_note_is_read() -> None:
     note = "compared 4 tables' row counts with the backup's: all equal"
-    assert row_counts_note({"database": {"rowCounts": note}}) == note
-    assert row_counts_note({"database": {"rowCounts": None}}) is None
-    assert row_counts_note({}) is None
+    assert content_notes({"database": {"rowCounts": note}}) == note
+    assert content_notes({"database": {"rowCounts": None}}) is None
+    assert content_notes({}) is None
+
+
+def test_the_uploads_comparison_joins_the_row_counts() -> None:
+    note = "compared 4 tables' row counts with the backup's: all equal"
+    assert content_notes({"uploads": {"compared": UPLOADS_NOTE}}) == UPLOADS_NOTE
+    assert content_notes({"database": {"rowCounts": note},
+                          "uploads": {"compared": UPLOADS_NOTE}}) == f"{note}; {UPLOADS_NOTE}"
+    # A selective uploads restore compares nothing (the agent writes no "compared").
+    assert content_notes({"uploads": {"fileCount": 3}}) is None
 
 
 def _succeeded_pod(summary: str) -> dict[str, object]:
@@ -123,6 +135,18 @@ def test_the_restore_step_and_the_ending_carry_the_comparison() -> None:
     status = {"resolved": {"manifestKey": "k/manifest.json"},
               "steps": [{"name": "restore", "phase": "Succeeded", "message": note}]}
     assert ending(status).message == f"restored from k/manifest.json; {note}"
+
+
+def test_an_uploads_only_comparison_reaches_the_ending() -> None:
+    from datetime import UTC, datetime
+
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    pod = _succeeded_pod(json.dumps({"ok": True, "uploads": {"compared": UPLOADS_NOTE}}))
+    step = job_step("restore", "r-restore", "r-restore", job, [pod], datetime.now(UTC))
+    assert step.message == UPLOADS_NOTE
+    status = {"resolved": {"manifestKey": "k/manifest.json"},
+              "steps": [{"name": "restore", "phase": "Succeeded", "message": step.message}]}
+    assert ending(status).message == f"restored from k/manifest.json; {UPLOADS_NOTE}"
 
 
 def test_without_a_comparison_the_ending_is_as_before() -> None:

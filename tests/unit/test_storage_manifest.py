@@ -369,3 +369,15 @@ def test_an_old_manifest_compares_what_it_has() -> None:
     assert mf.uploads_mismatches(no_bytes, 8, 1) == ["file count: expected 7, found 8"]
     nothing = replace(UPLOADS, content_bytes=None, file_count=None)
     assert mf.uploads_mismatches(nothing, 0, 0) == []
+
+
+def test_what_a_matching_uploads_restore_compared_is_said() -> None:
+    from dataclasses import replace
+
+    assert mf.uploads_comparison(UPLOADS, 7, 4096) == (
+        "uploads: 7 files, 4.0 KiB as the manifest records, archive sha256 checked")
+    assert mf.uploads_comparison(replace(UPLOADS, content_bytes=None), 7, 4096) == (
+        "uploads: 7 files as the manifest records, archive sha256 checked")
+    nothing = replace(UPLOADS, content_bytes=None, file_count=None)
+    assert mf.uploads_comparison(nothing, 7, 4096) == (
+        "uploads: archive sha256 checked (the manifest records no file count or bytes)")

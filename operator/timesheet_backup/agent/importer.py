@@ -112,17 +112,21 @@ def _upload_file(store: S3Store, path: Path, key: str) -> tuple[int, str, tuple[
     return result.size, result.sha256, verified
 
 
-def _count_tar_files(path: Path, compression: str) -> int:
-    count = 0
+def _count_tar_files(path: Path, compression: str) -> tuple[int, int]:
+    """Regular files (hard links included) and their bytes, counted as the agent's own
+    archives count them (tarstream.TarStats), so a restore compares an imported archive too."""
+    count = size = 0
     with open(path, "rb") as raw:
         try:
             with tarfile.open(fileobj=streams.decompressor(compression, raw), mode="r|") as tar:
                 for member in tar:
                     if member.isreg() or member.islnk():
                         count += 1
+                    if member.isreg():
+                        size += member.size
         except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError, zlib.error) as exc:
             raise ConfigError(f"{path} is not a readable tar archive: {exc}") from None
-    return count
+    return count, size
 
 
 def run_import(
@@ -165,10 +169,11 @@ def run_import(
                 key = directory + layout.database_artifact_name(fmt, compression, encrypted)
             else:
                 key = directory + layout.uploads_artifact_name(compression, encrypted)
-            file_count = (
+            # An encrypted archive cannot be read without the key: nothing is counted.
+            file_count, content_bytes = (
                 _count_tar_files(path, compression)
                 if component == COMPONENT_UPLOADS and not encrypted
-                else None
+                else (None, None)
             )
             written.append(key)
             size, sha256, verified = _upload_file(store, path, key)
@@ -185,6 +190,7 @@ def run_import(
                     verified=verified,
                     database=request.database_name if component == COMPONENT_DATABASE else None,
                     file_count=file_count,
+                    content_bytes=content_bytes,
                     strip_components=request.strip_components,
                     source_path=request.source_path,
                 )

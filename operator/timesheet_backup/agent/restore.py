@@ -547,6 +547,9 @@ def restore_uploads(
     if request.uploads_paths:
         summary["paths"] = list(request.uploads_paths)
         summary["leftOut"] = result.stats.unselected
+    else:
+        summary["compared"] = mf.uploads_comparison(
+            artifact, result.stats.file_count, result.stats.bytes)
     return summary
 
 

@@ -488,7 +488,7 @@ def ending(status: Mapping[str, Any]) -> Ending:
                       "Warning")
     source_key = (status.get("resolved") or {}).get("manifestKey")
     message = f"restored from {source_key}"
-    note = _row_counts_step_note(status.get("steps"))
+    note = _content_step_note(status.get("steps"))
     if note:
         message += f"; {note}"
     safety = (status.get("safetyBackup") or {}).get("backupName")
@@ -497,26 +497,33 @@ def ending(status: Mapping[str, Any]) -> Ending:
     return Ending("Succeeded", "Completed", message, "Normal")
 
 
-def row_counts_note(summary: Mapping[str, Any]) -> str | None:
-    """What the agent's row-count comparison said (its JSON summary's database.rowCounts):
-    e.g. "compared 4 tables' row counts with the backup's: all equal"; None if not asked."""
-    note = (summary.get("database") or {}).get("rowCounts") if summary else None
-    return note if isinstance(note, str) and note else None
+def content_notes(summary: Mapping[str, Any]) -> str | None:
+    """What the restore Job compared with the backup, from its JSON summary: the row counts
+    (database.rowCounts, e.g. "compared 4 tables' row counts with the backup's: all equal")
+    and the uploads (uploads.compared, e.g. "uploads: 12 files, 3.4 MiB as the manifest
+    records, archive sha256 checked"), joined by "; "; None if nothing was compared."""
+    if not summary:
+        return None
+    notes = [(summary.get(part) or {}).get(key)
+             for part, key in (("database", "rowCounts"), ("uploads", "compared"))]
+    found = [n for n in notes if isinstance(n, str) and n]
+    return "; ".join(found) or None
 
 
-def _row_counts_step_note(steps: Any) -> str | None:
-    # The restore step's message is the row-count note when one was made (job_step).
+def _content_step_note(steps: Any) -> str | None:
+    # The restore step's message is the content note when one was made (job_step).
     for step in steps or []:
         if isinstance(step, Mapping) and step.get("name") == "restore" and \
                 step.get("phase") == "Succeeded":
             message = step.get("message") or ""
-            if message.startswith(ROW_COUNTS_NOTES):
+            if message.startswith(CONTENT_NOTES):
                 return str(message)
     return None
 
 
-# How the agent's row-count notes begin (agent/restore.py, decisions/content.py).
-ROW_COUNTS_NOTES = ("compared ", "the backup has no row counts")
+# How the agent's content notes begin (agent/restore.py, decisions/content.py,
+# storage/manifest.uploads_comparison).
+CONTENT_NOTES = ("compared ", "the backup has no row counts", "uploads: ")
 
 
 def unknown_step(step: str) -> RestoreFailed | None:
@@ -689,7 +696,7 @@ def job_step(step: str, name: str, recorded: str | None, job: Mapping[str, Any] 
         return JobStep("wait")
     if outcome.state == "succeeded":
         return JobStep("done", outcome.reason,
-                       row_counts_note(outcome.summary) or outcome.message)
+                       content_notes(outcome.summary) or outcome.message)
     if outcome.reason == "JobMissing":
         return JobStep("fail", "JobMissing", f"Job {name}: {outcome.message}")
     return JobStep("fail", JOB_FAILURE[step], outcome.message)

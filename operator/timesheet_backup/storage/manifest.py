@@ -25,6 +25,7 @@ from timesheet_backup.constants import (
     ROW_COUNTS_STATUS_MAX,
 )
 from timesheet_backup.errors import ManifestError
+from timesheet_backup.status import human_size
 from timesheet_backup.storage import layout
 
 API_VERSION: Final = "backup.northstar.io/manifest/v1"
@@ -466,3 +467,17 @@ def uploads_mismatches(artifact: Artifact, file_count: int, content_bytes: int) 
         found.append(f"bytes of regular files: expected {artifact.content_bytes}, "
                      f"found {content_bytes}")
     return found
+
+
+def uploads_comparison(artifact: Artifact, file_count: int, content_bytes: int) -> str:
+    """What a restore that found no mismatch (uploads_mismatches) can say it compared, for
+    the Restore's message: "uploads: 12 files, 3.4 MiB as the manifest records, archive
+    sha256 checked". Old manifests without the counts: only the sha256 was compared."""
+    recorded = []
+    if artifact.file_count is not None:
+        recorded.append(f"{file_count} files")
+    if artifact.content_bytes is not None:
+        recorded.append(human_size(content_bytes))
+    if not recorded:
+        return "uploads: archive sha256 checked (the manifest records no file count or bytes)"
+    return f"uploads: {', '.join(recorded)} as the manifest records, archive sha256 checked"
