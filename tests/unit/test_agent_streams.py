@@ -191,3 +191,9 @@ def test_copy_counts_bytes() -> None:
 def test_unknown_decompressor() -> None:
     with pytest.raises(IntegrityError):
         streams.decompressor("brotli", io.BytesIO())
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (4, 2), (64, 2), (0, 1)])
+def test_zstd_workers_do_not_grow_with_the_node(cpus: int, workers: int) -> None:
+    # One worker per CPU of a 64-core node would be ~1 GiB at level 19, over any Job limit.
+    assert streams.zstd_workers(cpus) == workers

@@ -57,6 +57,28 @@ def check_level(algorithm: str, level: int | None) -> int | None:
     return level
 
 
+# zstd compresses in worker threads, each with its own window and job buffers: measured on
+# one stream (docs/agent.md), about 15 MiB per worker at level 3, 30 at level 9, 120 at
+# level 19. zstandard's `threads=-1` starts one worker per CPU of the *machine*: in a
+# container on a 64-core node, 64 workers whatever the pod's CPU limit, so the agent's
+# memory (and whether its Job's limit holds) would depend on the node it lands on. Two
+# workers keep it the same on every node and still compress off the copying thread;
+# compression at level 3 runs faster than pg_dump and the upload feed it.
+ZSTD_WORKERS: Final = 2
+
+
+def zstd_workers(cpus: int) -> int:
+    """zstd worker threads for a process that may run on `cpus` CPUs (its affinity)."""
+    return max(1, min(ZSTD_WORKERS, cpus))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class _NoClose:
     """Passes writes through; closing it does not close the wrapped sink."""
 
@@ -77,7 +99,8 @@ class Compressor:
         level = check_level(algorithm, level)
         self._writer: Any
         if algorithm == "zstd":
-            cctx = zstandard.ZstdCompressor(level=level or 3, threads=-1, write_checksum=True)
+            cctx = zstandard.ZstdCompressor(level=level or 3, threads=zstd_workers(_usable_cpus()),
+                                            write_checksum=True)
             self._writer = cctx.stream_writer(cast(Any, sink), closefd=False)
         elif algorithm == "gzip":
             # mtime=0 and no file name: the same input gives the same bytes.

@@ -216,7 +216,8 @@ class CompressionSpec:
 
     algorithm: CompressionAlgorithm = field("zstd (multi-threaded), gzip or none.", default="zstd")
     level: int | None = field(
-        "Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+        "Compression level: zstd 1-19 (default 3), gzip 1-9 (default 6). High zstd levels take "
+        "more memory: about 340 MiB at 19 (docs/agent.md).",
         default=None,
         minimum=1,
         maximum=19,
