@@ -492,3 +492,51 @@ def test_two_leftovers_are_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(FilesystemError, match=r"\.tsb-aside-r2, \.tsb-old-r1, left by"):
         tarstream.replace_with(target, staging, "r3")
     assert read(target, [n for n in os.listdir(target) if n != staging.name]) == before
+
+
+def _peak_bytes(action: Any) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _small_files(root: Path, count: int) -> Path:
+    for i in range(count):
+        sub = root / f"d{i // 100}"  # one listing is held at a time: keep them equal
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"receipt-{i:05d}.txt").write_bytes(b"x" * 100)
+    return root
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def test_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> None:
+    # tarfile keeps every member (and every file's inode) it wrote or read: ~1 KiB a file,
+    # 190 MiB for 200,000 receipts. Ten times the files must not take measurably more.
+    trees = {n: _small_files(tmp_path / f"tree{n}", n) for n in (200, 2000)}
+    writing = {n: _peak_bytes(lambda n=n: tarstream.write_tar(trees[n], _Discard()))
+               for n in trees}
+    assert writing[2000] - writing[200] < 256 * 1024, ("writing", writing)
+
+    def extract(n: int) -> None:
+        archive, target = tmp_path / f"{n}.tar", tmp_path / f"out{n}"
+        target.mkdir()
+        with open(archive, "rb") as stream:
+            assert tarstream.SafeExtractor(target).extract(stream).stats.files == n
+
+    for n in trees:
+        with open(tmp_path / f"{n}.tar", "wb") as out:
+            tarstream.write_tar(trees[n], out)
+    reading = {n: _peak_bytes(lambda n=n: extract(n)) for n in trees}
+    assert reading[2000] - reading[200] < 256 * 1024, ("reading", reading)

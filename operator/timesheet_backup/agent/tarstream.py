@@ -255,19 +255,62 @@ def write_tar(root: Path, sink: Sink, exclude: Sequence[str] = ()) -> TarStats:
     stats = TarStats()
     # On an exception the with block does not write the end-of-archive marker: a failed
     # backup never looks like a complete tar.
-    with tarfile.open(
-        fileobj=cast(Any, sink),
-        mode="w|",
+    # Mode "w" on a position-counting sink, not the stream mode "w|": the stream mode
+    # buffers through `bytes += chunk`, copying its whole buffer on every header and block
+    # written, which cost a third of the time of a tree of small files. Nothing here seeks:
+    # tarfile only asks the position (tell) and writes in order.
+    with tarfile.TarFile(
+        fileobj=cast(Any, _Position(sink)),
+        mode="w",
         format=tarfile.PAX_FORMAT,
-        bufsize=CHUNK,
+        copybufsize=CHUNK,
         errors="surrogateescape",
     ) as tar:
         tar.addfile(_tarinfo(tar, str(root), ".", None))
         for relative, entry in _walk(root, exclude, stats.unreadable):
             _add_entry(tar, root, relative, entry, stats)
+            _forget(tar, entry)
         if stats.unreadable:
             raise FilesystemError(unreadable_message(root, stats.unreadable))
     return stats
+
+
+# tarfile's stream mode refills its buffer with `bytes` slicing and joining, copying what
+# it holds on every 512-byte header read: with 1 MiB that was about a quarter of the time
+# of extracting 10,000 small files. 16 KiB costs nothing measurable on large files.
+READ_BUFSIZE: Final = 16 * 1024
+
+
+class _Position:
+    """A sink that knows how much was written to it: what tarfile's mode "w" needs."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._offset = 0
+
+    def write(self, data: Any) -> int:
+        self._sink.write(data)
+        self._offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._offset
+
+
+def _forget(tar: Any, entry: os.DirEntry[str]) -> None:
+    """Keep the writer's memory flat whatever the number of files. tarfile remembers every
+    member it wrote (`members`, for reading back, which a stream never does) and the inode of
+    every regular file (`inodes`, to write a second name of the same file as a hard link):
+    about 1 KiB per file, 190 MiB more for 200,000 receipts. Only inodes with other names
+    still to come are worth keeping. (`members` and `inodes` are plain attributes of every
+    CPython TarFile, which typeshed does not declare: hence `Any`.)"""
+    tar.members.clear()
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return
+    if st.st_nlink <= 1:
+        tar.inodes.pop((st.st_ino, st.st_dev), None)
 
 
 UNREADABLE_SHOWN: Final = 5
@@ -415,14 +458,17 @@ class SafeExtractor:
     def extract(self, stream: Any) -> ExtractResult:
         try:
             tar = tarfile.open(  # noqa: SIM115 - closed by the with block below
-                fileobj=stream, mode="r|", bufsize=CHUNK, errors="surrogateescape"
+                fileobj=stream, mode="r|", bufsize=READ_BUFSIZE, errors="surrogateescape"
             )
         except tarfile.ReadError as exc:
             raise ArchiveError(f"not a readable tar stream: {exc}") from None
         with tar:
             try:
-                for member in tar:
+                # next() rather than iteration, so the members read can be forgotten
+                # (tarfile keeps every one it read otherwise: memory grows with the files).
+                while (member := tar.next()) is not None:
                     self._extract_member(tar, member)
+                    cast(Any, tar).members.clear()
             except tarfile.TarError as exc:
                 raise ArchiveError(f"broken tar stream: {exc}") from None
         self._check_symlinks()
