@@ -197,3 +197,12 @@ def test_unknown_decompressor() -> None:
 def test_zstd_workers_do_not_grow_with_the_node(cpus: int, workers: int) -> None:
     # One worker per CPU of a 64-core node would be ~1 GiB at level 19, over any Job limit.
     assert streams.zstd_workers(cpus) == workers
+
+
+def test_zstd_frames_carry_their_checksum() -> None:
+    # `zstd -d` and the restore detect a damaged artifact by it, independently of sha256.
+    out = Collect()
+    compressor = streams.Compressor("zstd", None, out)
+    compressor.write(DATA)
+    compressor.close()
+    assert zstandard.get_frame_parameters(bytes(out.buffer)).has_checksum
