@@ -237,6 +237,8 @@ class RestoreRequest:
     components: Sequence[str] = ()
     quiesce: Sequence[str] = ()
     name: str | None = None
+    bucket: str | None = None  # latest from the bucket alone (source.latest)
+    backup_namespace: str | None = None  # with bucket: whose backups (default: the Restore's)
 
 
 def restore_body(request: RestoreRequest, namespace: str, now: datetime) -> dict[str, Any]:
@@ -244,7 +246,26 @@ def restore_body(request: RestoreRequest, namespace: str, now: datetime) -> dict
     database alone unless components are named: "one table into a side database" must not
     replace the uploads volume in place as well."""
     spec: dict[str, Any] = {}
-    if request.source == LATEST:
+    if request.backup_namespace and not request.bucket:
+        raise UsageError("--backup-namespace chooses among the backups in a bucket: use it "
+                         "with --from-bucket")
+    if request.bucket:
+        if request.source != LATEST:
+            raise UsageError("--from-bucket restores `latest` (a backup known by its key: "
+                             "write a Restore with source.manifestKey)")
+        if request.verified_only:
+            raise UsageError("--verified-only needs the Backup objects: the bucket does not "
+                             "record restore tests")
+        from_bucket: dict[str, Any] = {}
+        if request.backup_namespace:
+            from_bucket["namespace"] = request.backup_namespace
+        if request.schedule:
+            from_bucket["scheduleName"] = request.schedule
+        if request.before:
+            from_bucket["before"] = _rfc3339(request.before)
+        spec["source"] = {"storage": {"bucket": request.bucket}, "latest": from_bucket}
+        prefix = f"{request.schedule or 'bucket'}-latest"
+    elif request.source == LATEST:
         if not request.schedule:
             raise UsageError("restore latest needs --schedule NAME")
         latest: dict[str, Any] = {"scheduleName": request.schedule}

@@ -178,7 +178,8 @@ def restore_request(args: argparse.Namespace) -> plugin.RestoreRequest:
         source=args.source, schedule=args.schedule, before=args.before,
         verified_only=args.verified_only, tables=args.table or (), schemas=args.schema or (),
         into=args.into, data_only=args.data_only, schema_only=args.schema_only,
-        components=args.component or (), quiesce=args.quiesce or (), name=args.name)
+        components=args.component or (), quiesce=args.quiesce or (), name=args.name,
+        bucket=args.bucket, backup_namespace=args.backup_namespace)
 
 
 def run_restore(args: argparse.Namespace, client: Client) -> int:
@@ -332,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "before this RFC 3339 time, e.g. 2026-03-14T09:00:00Z")
     restore.add_argument("--verified-only", action="store_true",
                          help="latest: only Backups that passed a restore test")
+    restore.add_argument("--from-bucket", metavar="BUCKET", dest="bucket",
+                         help="latest: choose from the manifests in this bucket alone (no "
+                         "Backup objects: disaster recovery); the rest of the storage "
+                         "settings are the operator's defaults")
+    restore.add_argument("--backup-namespace", metavar="NAMESPACE",
+                         help="--from-bucket: the namespace the backups were taken in "
+                         "(default: the Restore's)")
     restore.add_argument("--into", metavar="DATABASE", help="restore into this database "
                          "(created if missing), e.g. a side database next to production")
     restore.add_argument("--table", action="append", help="only this table (repeatable)")

@@ -91,12 +91,18 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
 
 
 def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) -> None:
-    """Disaster recovery: a namespace that never saw the Backup object restores by manifest
-    key into a new database."""
+    """Disaster recovery: a namespace that never saw the Backup objects restores "the newest
+    backup of schedule nightly" chosen from the manifests in the bucket alone, into a new
+    database."""
     db_before = app.db_snapshot()
-    app.create("backups", "dr", backup_spec(app, components=["database"]))
+    app.create("backups", "dr", backup_spec(app, components=["database"]),
+               labels={"backup.northstar.io/schedule": "nightly"})
     st = app.wait_phase("backups", "dr", ("Succeeded", "Failed"))["status"]
     assert st["phase"] == "Succeeded", st
+    # Newer, but of no schedule: the schedule label its manifest records rules it out.
+    app.create("backups", "by-hand", backup_spec(app, components=["database"]))
+    assert app.wait_phase("backups", "by-hand", ("Succeeded", "Failed"))["status"]["phase"] \
+        == "Succeeded"
 
     other = create_namespace(cluster, "dr-target")
     try:
@@ -104,13 +110,14 @@ def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) 
         target = f"{fresh.database}_restored"
         fresh.create("restores", "from-bucket", {
             "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
-                       "manifestKey": st["manifestKey"]},
+                       "latest": {"namespace": app.namespace, "scheduleName": "nightly"}},
             "database": {**fresh.database_spec(target), "createDatabase": True},
         })
         rst = fresh.wait_phase("restores", "from-bucket", ("Succeeded", "Failed"),
                                timeout=300)["status"]
         assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
         assert rst["restoredFrom"]["manifestKey"] == st["manifestKey"]
+        assert rst["restoredFrom"]["completionTime"]  # the manifest's, recorded with the choice
         assert_same(db_before, fresh.db_snapshot(target))
         delete_all(fresh)
         drop_app(fresh)

@@ -218,6 +218,24 @@ def test_restore_latest_verified_before_a_time_one_table_into_a_side_database() 
     parse(models.RestoreSpec, body["spec"])
 
 
+def test_restore_latest_from_the_bucket_alone() -> None:
+    body = plugin.restore_body(RestoreRequest(
+        "latest", bucket="backups", backup_namespace="prod", schedule="nightly",
+        before="2026-03-14T09:00:00Z", into="timesheet_db"), "dr", NOW)
+    assert body["metadata"]["name"] == "nightly-latest-20260314120000"
+    assert body["spec"] == {
+        "source": {"storage": {"bucket": "backups"},
+                   "latest": {"namespace": "prod", "scheduleName": "nightly",
+                              "before": "2026-03-14T09:00:00Z"}},
+        "components": ["database"],
+        "database": {"name": "timesheet_db", "createDatabase": True},
+    }
+    parse(models.RestoreSpec, body["spec"])
+    bare = plugin.restore_body(RestoreRequest("latest", bucket="backups"), "dr", NOW)
+    assert bare["spec"] == {"source": {"storage": {"bucket": "backups"}, "latest": {}}}
+    assert bare["metadata"]["name"] == "bucket-latest-20260314120000"
+
+
 def test_restore_a_backup_by_name() -> None:
     body = plugin.restore_body(RestoreRequest("nightly-1", quiesce=["web"],
                                               components=["database", "uploads"]), "app", NOW)
@@ -237,6 +255,9 @@ def test_restore_a_backup_by_name() -> None:
     (RestoreRequest("b", into="x", components=["uploads"]), "add --component database"),
     (RestoreRequest("b", data_only=True, schema_only=True), "exclude each other"),
     (RestoreRequest("b", name="n" * 64), "longer than 63"),
+    (RestoreRequest("b", bucket="x"), "--from-bucket restores `latest`"),
+    (RestoreRequest("latest", bucket="x", verified_only=True), "does not record restore tests"),
+    (RestoreRequest("latest", schedule="s", backup_namespace="p"), "with --from-bucket"),
 ])
 def test_restore_flags_that_do_not_fit(request_: RestoreRequest, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -250,6 +271,10 @@ def test_parsed_flags_become_the_request() -> None:
     assert plugin_cli.restore_request(args) == RestoreRequest(
         "latest", schedule="nightly", verified_only=True, tables=["a", "b"], into="side")
     assert (args.namespace, args.dry_run, args.wait) == ("app", True, False)
+    args = plugin_cli.build_parser().parse_args([
+        "restore", "latest", "--from-bucket", "backups", "--backup-namespace", "prod"])
+    assert plugin_cli.restore_request(args) == RestoreRequest(
+        "latest", bucket="backups", backup_namespace="prod")
 
 
 # --- following and logs -------------------------------------------------------------------

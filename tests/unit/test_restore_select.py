@@ -136,6 +136,104 @@ def test_locate_latest_without_a_match_fails() -> None:
     assert info.value.reason == "NoMatchingBackup"
 
 
+# --- the newest backup from the bucket alone (source.latest) ---------------------------
+
+
+def _at(text: str) -> Any:
+    from timesheet_backup.status import parse_time
+
+    return parse_time(text)
+
+
+IN_BUCKET = [
+    decide.BucketEntry("p/prod/nightly-mon/manifest.json", "prod", {c.LABEL_SCHEDULE: SCHEDULE},
+                       _at("2026-11-23T02:05:00Z")),
+    decide.BucketEntry("p/prod/nightly-tue/manifest.json", "prod", {c.LABEL_SCHEDULE: SCHEDULE},
+                       _at("2026-11-24T02:05:00Z")),
+    decide.BucketEntry("p/prod/weekly-sun/manifest.json", "prod", {c.LABEL_SCHEDULE: "weekly"},
+                       _at("2026-11-24T03:00:00Z")),
+    decide.BucketEntry("p/prod/by-hand/manifest.json", "prod", {}, _at("2026-11-25T09:00:00Z")),
+    decide.BucketEntry("p/prod/broken/manifest.json", error="manifest: not JSON"),
+    # Under prod/ by key but written for another namespace: never chosen for prod.
+    decide.BucketEntry("p/prod/stray/manifest.json", "staging", {}, _at("2026-11-26T00:00:00Z")),
+]
+STORAGE = {"bucket": "b", "prefix": "p"}
+
+
+@pytest.mark.parametrize(("fields", "chosen"), [
+    ({}, "p/prod/by-hand/manifest.json"),
+    ({"scheduleName": SCHEDULE}, "p/prod/nightly-tue/manifest.json"),
+    ({"scheduleName": SCHEDULE, "before": "2026-11-24T02:05:00Z"},
+     "p/prod/nightly-mon/manifest.json"),
+    ({"scheduleName": "weekly"}, "p/prod/weekly-sun/manifest.json"),
+    ({"before": "2026-11-25T00:00:00Z"}, "p/prod/weekly-sun/manifest.json"),
+])
+def test_choose_latest_in_bucket(fields: dict[str, Any], chosen: str) -> None:
+    latest = parse(models.BucketLatest, fields)
+    assert decide.choose_latest_in_bucket(latest, "prod", IN_BUCKET, STORAGE).key == chosen
+
+
+def test_a_tie_goes_to_the_later_key() -> None:
+    same = _at("2026-11-24T02:05:00Z")
+    entries = [decide.BucketEntry("p/a/x/manifest.json", "a", {}, same),
+               decide.BucketEntry("p/a/y/manifest.json", "a", {}, same)]
+    latest = models.BucketLatest()
+    assert decide.choose_latest_in_bucket(latest, "a", entries, STORAGE).key == \
+        "p/a/y/manifest.json"
+
+
+def test_nothing_in_the_bucket_says_where_it_looked_and_what_it_skipped() -> None:
+    latest = parse(models.BucketLatest, {"scheduleName": "hourly",
+                                         "before": "2026-01-01T00:00:00Z"})
+    with pytest.raises(RestoreFailed) as info:
+        decide.choose_latest_in_bucket(latest, "prod", IN_BUCKET, STORAGE)
+    assert info.value.reason == "NoMatchingBackup"
+    assert str(info.value) == (
+        "no backup of namespace prod and schedule hourly completed before "
+        "2026-01-01T00:00:00Z in s3://b/p (1 unreadable manifest skipped)")
+    with pytest.raises(RestoreFailed, match=r"^no backup of namespace dev in s3://b/p$"):
+        decide.choose_latest_in_bucket(models.BucketLatest(), "dev", [], STORAGE)
+
+
+def test_a_bucket_before_that_is_no_time_is_an_invalid_spec() -> None:
+    with pytest.raises(RestoreFailed) as info:
+        decide.choose_latest_in_bucket(models.BucketLatest(before="soon"), "prod", IN_BUCKET,
+                                       STORAGE)
+    assert info.value.reason == "InvalidSpec"
+
+
+def test_locate_from_the_bucket_records_the_choice_and_its_time() -> None:
+    spec = parse(models.RestoreSpec, {"source": {"storage": {"bucket": "b"},
+                                                 "latest": {"scheduleName": SCHEDULE}}})
+    defaults = Defaults(storage=parse(models.StorageSpec, {"prefix": "p", "bucket": "old"}))
+    assert decide.bucket_namespace(spec, "prod") == "prod"
+    location = decide.locate(spec, None, defaults, in_bucket=IN_BUCKET, namespace="prod")
+    assert location == decide.Location(
+        storage={"prefix": "p", "bucket": "b"}, manifest_key="p/prod/nightly-tue/manifest.json",
+        database={}, uploads={}, completion_time="2026-11-24T02:05:00Z")
+    with_db = Defaults(database=parse(models.DatabaseSpec, DB_SETTINGS))
+    resolved = decide.resolve(spec, decide.source(location, "id", ["database"], [], with_db))
+    assert dump(decide.restored_from(spec, resolved)) == {
+        "manifestKey": "p/prod/nightly-tue/manifest.json", "backupId": "id",
+        "completionTime": "2026-11-24T02:05:00Z"}
+
+
+def test_the_bucket_namespace_is_the_one_named_else_the_restores() -> None:
+    spec = parse(models.RestoreSpec, {"source": {"storage": {}, "latest": {"namespace": "old"}}})
+    assert decide.bucket_namespace(spec, "new") == "old"
+    by_key = parse(models.RestoreSpec,
+                   {"source": {"storage": {}, "manifestKey": "k/manifest.json"}})
+    assert decide.bucket_namespace(by_key, "new") == "new"
+    assert decide.locate(by_key, None, Defaults()).manifest_key == "k/manifest.json"
+
+
+def test_a_source_with_neither_key_nor_latest_is_refused() -> None:
+    # The API server's CEL refuses it first; an object written before the rule still ends.
+    spec = models.RestoreSpec(source=models.RestoreSource(storage=models.StorageSpec()))
+    with pytest.raises(RestoreFailed, match="manifestKey or latest"):
+        decide.locate(spec, None, Defaults())
+
+
 # --- selective database restore --------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -30,12 +30,14 @@ from timesheet_backup.actions.common import (
     write,
 )
 from timesheet_backup.api import models
+from timesheet_backup.api.defaults import Defaults
 from timesheet_backup.api.fields import dump, parse
 from timesheet_backup.decisions import restores as decide
 from timesheet_backup.decisions.restores import RestoreFailed
 from timesheet_backup.errors import AgentError
 from timesheet_backup.jobs import agent_args, identity
 from timesheet_backup.jobs.pod import job_settings
+from timesheet_backup.storage import catalog
 from timesheet_backup.storage import manifest as mf
 
 Status = models.RestoreStatus
@@ -54,7 +56,9 @@ def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
     candidates = (kube.list_custom(namespace, c.PLURAL_BACKUP,
                                    f"{c.LABEL_SCHEDULE}={spec.latest.schedule_name}")
                   if spec.latest else [])
-    location = decide.locate(spec, backup, defaults, candidates)
+    in_bucket = (_bucket_entries(namespace, spec, defaults)
+                 if spec.source is not None and spec.source.latest is not None else [])
+    location = decide.locate(spec, backup, defaults, candidates, in_bucket, namespace)
     storage_spec = parse(models.StorageSpec, location.storage, "storage")
     try:
         manifest = mf.read(bucket.open_store(storage_spec, namespace), location.manifest_key)
@@ -65,6 +69,30 @@ def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
         location, manifest.backup_id, manifest.components,
         [a.component for a in manifest.artifacts if a.encrypted], defaults,
         database.format if database else None))
+
+
+def _bucket_entries(namespace: str, spec: models.RestoreSpec,
+                    defaults: Defaults) -> list[decide.BucketEntry]:
+    """Every manifest under the chosen namespace's prefix, read once (the tick that resolves;
+    the choice then lives in status.resolved). Unreadable ones are listed with their error."""
+    storage = decide.source_storage(spec, defaults)
+    try:
+        store = bucket.open_store(parse(models.StorageSpec, storage, "storage"), namespace)
+        entries = catalog.list_backups(store, store.settings.prefix,
+                                       decide.bucket_namespace(spec, namespace))
+    except (LookupError, AgentError) as exc:
+        raise RestoreFailed("ManifestUnreadable",
+                            f"cannot list the backups in bucket {storage.get('bucket')!r}: "
+                            f"{exc}") from exc
+    return bucket_entries(entries)
+
+
+def bucket_entries(entries: Sequence[catalog.Entry]) -> list[decide.BucketEntry]:
+    """The catalog's listing as the choice needs it."""
+    return [decide.BucketEntry(e.key, error=e.error) if e.manifest is None else
+            decide.BucketEntry(e.key, e.manifest.namespace, dict(e.manifest.labels),
+                               e.manifest.completion_time)
+            for e in entries]
 
 
 def secret_problems(namespace: str, spec: models.RestoreSpec,

@@ -579,18 +579,49 @@ class BackupScheduleSpec:
 
 
 @dataclass(kw_only=True)
+class BucketLatest:
+    """The newest backup in the bucket, chosen from the manifests alone (no Backup objects:
+    a fresh cluster), resolved once when the Restore starts and recorded in
+    status.restoredFrom."""
+
+    namespace: str | None = field(
+        "Namespace the backups were taken in (their place in the bucket). Default: the "
+        "Restore's namespace.", default=None, **_NAME)
+    schedule_name: str | None = field(
+        "Only backups of this BackupSchedule (the label backup.northstar.io/schedule its "
+        "manifest records). Default: any backup of the namespace.", default=None, **_NAME)
+    before: str | None = field(
+        "Only backups completed before this time (RFC 3339): the last good state before an "
+        "incident. Whether a backup passed a restore test is not in the bucket: for "
+        "verifiedOnly use latest with the Backup objects.", default=None, **_TIME)
+
+
+@dataclass(kw_only=True)
 class RestoreSource:
     """A backup known only by its place in the bucket (disaster recovery)."""
 
+    __cel__ = (
+        {
+            "rule": "has(self.manifestKey) != has(self.latest)",
+            "message": "set exactly one of manifestKey (that backup) or latest (the newest "
+                       "one in the bucket)",
+        },
+    )
+
     storage: StorageSpec = field("Bucket holding the backup.")
-    manifest_key: str = field(
+    manifest_key: str | None = field(
         "Key of the backup's manifest.json.",
+        default=None,
         pattern=v.MANIFEST_KEY_PATTERN,
         maxLength=1024,
         **{"x-kubernetes-validations": [
             {"rule": v.NO_DOTDOT_RULE, "message": "manifestKey must not contain '..'"}
         ]},
     )
+    latest: BucketLatest | None = field(
+        "Instead of manifestKey: the newest backup whose manifest is in the bucket (of a "
+        "namespace, optionally of a schedule, optionally completed before a time).",
+        default=None)
 
 
 @dataclass(kw_only=True)

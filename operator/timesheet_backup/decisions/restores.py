@@ -88,11 +88,39 @@ class Location:
     completion_time: str | None = None  # when it completed (recorded for `latest`)
 
 
+@dataclass(frozen=True)
+class BucketEntry:
+    """One manifest found in the bucket, as far as choosing among them needs it (`error`: it
+    could not be read)."""
+
+    key: str
+    namespace: str | None = None
+    labels: Mapping[str, str] | None = None
+    completion_time: datetime | None = None
+    error: str | None = None
+
+
+def source_storage(spec: models.RestoreSpec, defaults: Defaults) -> dict[str, Any]:
+    """A bucket source's storage, merged over the operator's default storage."""
+    assert spec.source is not None
+    return deep_merge(dump(defaults.storage) if defaults.storage else {},
+                      dump(spec.source.storage))
+
+
+def bucket_namespace(spec: models.RestoreSpec, namespace: str) -> str:
+    """Whose backups source.latest chooses among: its namespace, else the Restore's."""
+    latest = spec.source.latest if spec.source else None
+    return (latest.namespace if latest else None) or namespace
+
+
 def locate(spec: models.RestoreSpec, backup: Mapping[str, Any] | None,
-           defaults: Defaults, candidates: Sequence[Mapping[str, Any]] = ()) -> Location:
+           defaults: Defaults, candidates: Sequence[Mapping[str, Any]] = (),
+           in_bucket: Sequence[BucketEntry] = (), namespace: str = "") -> Location:
     """`backup`: the Backup named by spec.backupName as read (None: not found, or no
     backupName); `candidates`: for spec.latest, the Backups labelled with its schedule, as
-    listed. A bucket source's storage is merged over the operator's default storage."""
+    listed; `in_bucket`: for source.latest, the manifests under the namespace's prefix, as
+    listed (`namespace`: the Restore's). A bucket source's storage is merged over the
+    operator's default storage."""
     if spec.backup_name:
         check_backup(spec.backup_name, backup)
         return _backup_location(spec.backup_name, backup or {})
@@ -101,10 +129,60 @@ def locate(spec: models.RestoreSpec, backup: Mapping[str, Any] | None,
         return _backup_location(str(chosen["metadata"]["name"]), chosen,
                                 str(chosen["status"]["completionTime"]))
     if spec.source is not None:
-        return Location(storage=deep_merge(dump(defaults.storage) if defaults.storage else {},
-                                           dump(spec.source.storage)),
-                        manifest_key=spec.source.manifest_key, database={}, uploads={})
+        storage = source_storage(spec, defaults)
+        if spec.source.latest is not None:
+            entry = choose_latest_in_bucket(spec.source.latest,
+                                            bucket_namespace(spec, namespace), in_bucket,
+                                            storage)
+            assert entry.completion_time is not None
+            return Location(storage=storage, manifest_key=entry.key, database={}, uploads={},
+                            completion_time=timestamp(entry.completion_time))
+        if spec.source.manifest_key:
+            return Location(storage=storage, manifest_key=spec.source.manifest_key,
+                            database={}, uploads={})
+        raise RestoreFailed("InvalidSpec", "source: set manifestKey or latest")
     raise RestoreFailed("InvalidSpec", "set exactly one of backupName, source or latest")
+
+
+def choose_latest_in_bucket(latest: models.BucketLatest, namespace: str,
+                            entries: Sequence[BucketEntry],
+                            storage: Mapping[str, Any]) -> BucketEntry:
+    """The newest readable manifest of `namespace` (and of latest.scheduleName, by the label
+    its manifest records) completed before latest.before; ties go to the later key. None
+    fits: RestoreFailed(NoMatchingBackup) saying where it looked and what it skipped."""
+    try:
+        before = _aware(parse_time(latest.before))
+    except ValueError as exc:
+        raise RestoreFailed("InvalidSpec", f"source.latest.before {latest.before!r} is not "
+                                           "an RFC 3339 time") from exc
+    fitting: list[BucketEntry] = []
+    unreadable = 0
+    for entry in entries:
+        if entry.error is not None or entry.completion_time is None:
+            unreadable += 1
+            continue
+        if entry.namespace != namespace:
+            continue  # listed by prefix; checked again, as for Backup objects
+        if latest.schedule_name and \
+                (entry.labels or {}).get(c.LABEL_SCHEDULE) != latest.schedule_name:
+            continue
+        completed = _aware(entry.completion_time)
+        if before is not None and completed is not None and completed >= before:
+            continue
+        fitting.append(entry)
+    if not fitting:
+        where = f"s3://{storage.get('bucket', '?')}/{storage.get('prefix') or ''}"
+        message = f"no backup of namespace {namespace}"
+        if latest.schedule_name:
+            message += f" and schedule {latest.schedule_name}"
+        if latest.before:
+            message += f" completed before {latest.before}"
+        message += f" in {where}"
+        if unreadable:
+            message += (f" ({unreadable} unreadable manifest{'s' if unreadable > 1 else ''} "
+                        "skipped)")
+        raise RestoreFailed("NoMatchingBackup", message)
+    return max(fitting, key=lambda e: (_aware(e.completion_time), e.key))
 
 
 def _backup_location(name: str, backup: Mapping[str, Any],

@@ -102,9 +102,12 @@ def common_args() -> list[str]:
     return [f"--termination-message-path={TERMINATION_LOG}", f"--work-dir={SCRATCH_MOUNT}"]
 
 
-def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSpec) -> list[str]:
+def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSpec,
+                labels: Mapping[str, str] | None = None) -> list[str]:
+    """`labels`: recorded in the manifest (jobs.manifests.manifest_labels)."""
     args = ["agent", "backup", f"--backup-id={backup_id}", f"--namespace={namespace}",
             f"--name={name}"]
+    args += [f"--label={k}={v}" for k, v in sorted((labels or {}).items())]
     args += [f"--component={c}" for c in spec.components]
     if "database" in spec.components and spec.database:
         db = spec.database

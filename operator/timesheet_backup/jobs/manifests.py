@@ -21,6 +21,12 @@ def uploads_claim(spec: models.BackupSpec) -> str | None:
     return None
 
 
+def manifest_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The Backup's labels its manifest records: the schedule's, so that a fresh cluster can
+    choose "the newest backup of schedule X" from the bucket alone (Restore source.latest)."""
+    return {k: v for k, v in labels.items() if k == c.LABEL_SCHEDULE}
+
+
 def backup_job(body: Mapping[str, Any], spec: models.BackupSpec, config: OperatorConfig,
                run_on_node: str | None = None,
                security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -36,7 +42,8 @@ def backup_job(body: Mapping[str, Any], spec: models.BackupSpec, config: Operato
         namespace=namespace,
         owner=body,
         labels={c.LABEL_BACKUP: name},
-        args=agent_args.backup_args(meta["uid"], namespace, name, spec),
+        args=agent_args.backup_args(meta["uid"], namespace, name, spec,
+                                    manifest_labels(meta.get("labels") or {})),
         env=agent_args.backup_env(spec),
         volumes=volumes,
         secret_volumes=agent_args.backup_volumes(spec),
