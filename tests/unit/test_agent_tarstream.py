@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -494,15 +495,66 @@ def test_two_leftovers_are_refused_untouched(tmp_path: Path) -> None:
     assert read(target, [n for n in os.listdir(target) if n != staging.name]) == before
 
 
-def _peak_bytes(action: Any) -> int:
-    import tracemalloc
+class _Held:
+    """Memory held by what tarfile and tarstream allocated, sampled as the archive's bytes
+    pass (every 64 KiB), keeping the largest sample. Counting only those two files keeps
+    out what varies by machine and is not ours (pytest's log and warning capture, coverage's
+    tracer); the sites of the largest sample make a failure say what grew."""
 
+    EVERY = 64 * 1024
+    OURS = (tracemalloc.Filter(True, "*/tarfile.py"), tracemalloc.Filter(True, "*/tarstream.py"))
+
+    def __init__(self) -> None:
+        self.largest = 0
+        self.samples = 0
+        self.sites: list[str] = []
+        self._seen = 0
+
+    def passed(self, size: int) -> None:
+        before, self._seen = self._seen, self._seen + size
+        if before // self.EVERY == self._seen // self.EVERY:
+            return
+        stats = tracemalloc.take_snapshot().filter_traces(self.OURS).statistics("lineno")
+        self.samples += 1
+        held = sum(s.size for s in stats)
+        if held > self.largest:
+            self.largest, self.sites = held, [str(s) for s in stats[:5]]
+
+
+def _held_while(action: Any) -> _Held:
+    held = _Held()
     tracemalloc.start()
     try:
-        action()
-        return tracemalloc.get_traced_memory()[1]
+        action(held)
     finally:
         tracemalloc.stop()
+    assert held.samples, "the archive was too small to sample"
+    return held
+
+
+class _ProbedSink(io.RawIOBase):
+    def __init__(self, held: _Held) -> None:
+        self.held = held
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.held.passed(len(data))
+        return len(data)
+
+
+class _ProbedReader(io.RawIOBase):
+    def __init__(self, stream: Any, held: _Held) -> None:
+        self.stream, self.held = stream, held
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.stream.read(size)
+        self.held.passed(len(data))
+        return data
 
 
 def _small_files(root: Path, count: int) -> Path:
@@ -513,30 +565,29 @@ def _small_files(root: Path, count: int) -> Path:
     return root
 
 
-class _Discard(io.RawIOBase):
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        return len(data)
-
-
 def test_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> None:
     # tarfile keeps every member (and every file's inode) it wrote or read: ~1 KiB a file,
-    # 190 MiB for 200,000 receipts. Ten times the files must not take measurably more.
-    trees = {n: _small_files(tmp_path / f"tree{n}", n) for n in (200, 2000)}
-    writing = {n: _peak_bytes(lambda n=n: tarstream.write_tar(trees[n], _Discard()))
-               for n in trees}
-    assert writing[2000] - writing[200] < 256 * 1024, ("writing", writing)
+    # 190 MiB for 200,000 receipts. Ten times the files must not hold measurably more.
+    trees = {n: _small_files(tmp_path / f"tree{n}", n) for n in (400, 4000)}
 
-    def extract(n: int) -> None:
+    def write(n: int, held: _Held) -> None:
+        stats = tarstream.write_tar(trees[n], _ProbedSink(held))
+        assert (stats.files, stats.changed, stats.skipped) == (n, [], [])
+
+    writing = {n: _held_while(lambda held, n=n: write(n, held)) for n in trees}
+    assert writing[4000].largest - writing[400].largest < 256 * 1024, (
+        "writing", {n: (h.largest, h.sites) for n, h in writing.items()})
+
+    def extract(n: int, held: _Held) -> None:
         archive, target = tmp_path / f"{n}.tar", tmp_path / f"out{n}"
         target.mkdir()
         with open(archive, "rb") as stream:
-            assert tarstream.SafeExtractor(target).extract(stream).stats.files == n
+            extracted = tarstream.SafeExtractor(target).extract(_ProbedReader(stream, held))
+        assert extracted.stats.files == n
 
     for n in trees:
         with open(tmp_path / f"{n}.tar", "wb") as out:
             tarstream.write_tar(trees[n], out)
-    reading = {n: _peak_bytes(lambda n=n: extract(n)) for n in trees}
-    assert reading[2000] - reading[200] < 256 * 1024, ("reading", reading)
+    reading = {n: _held_while(lambda held, n=n: extract(n, held)) for n in trees}
+    assert reading[4000].largest - reading[400].largest < 256 * 1024, (
+        "reading", {n: (h.largest, h.sites) for n, h in reading.items()})

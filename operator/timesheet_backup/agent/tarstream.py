@@ -240,6 +240,12 @@ def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, file: IO[bytes] | No
     if info is None:
         return None
     st = os.fstat(file.fileno()) if file else os.lstat(path)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:
+        # tarfile remembered this inode in case a second name of the file comes later (to
+        # write it as a hard link); a file with one name has none: forget it, so memory
+        # stays flat. The key is built from the same fstat tarfile used, not from the
+        # directory entry's lstat: on some filesystems (overlayfs) the two disagree.
+        cast(Any, tar).inodes.pop((st.st_ino, st.st_dev), None)
     info.mtime = st.st_mtime_ns // 1_000_000_000
     info.pax_headers = {**info.pax_headers, "mtime": format_pax_mtime(st.st_mtime_ns)}
     info.mode = stat.S_IMODE(st.st_mode)
@@ -269,7 +275,7 @@ def write_tar(root: Path, sink: Sink, exclude: Sequence[str] = ()) -> TarStats:
         tar.addfile(_tarinfo(tar, str(root), ".", None))
         for relative, entry in _walk(root, exclude, stats.unreadable):
             _add_entry(tar, root, relative, entry, stats)
-            _forget(tar, entry)
+            _forget(tar)
         if stats.unreadable:
             raise FilesystemError(unreadable_message(root, stats.unreadable))
     return stats
@@ -297,20 +303,12 @@ class _Position:
         return self._offset
 
 
-def _forget(tar: Any, entry: os.DirEntry[str]) -> None:
-    """Keep the writer's memory flat whatever the number of files. tarfile remembers every
-    member it wrote (`members`, for reading back, which a stream never does) and the inode of
-    every regular file (`inodes`, to write a second name of the same file as a hard link):
-    about 1 KiB per file, 190 MiB more for 200,000 receipts. Only inodes with other names
-    still to come are worth keeping. (`members` and `inodes` are plain attributes of every
-    CPython TarFile, which typeshed does not declare: hence `Any`.)"""
+def _forget(tar: Any) -> None:
+    """Keep the writer's memory flat whatever the number of files: tarfile remembers every
+    member it wrote (`members`, for reading back, which a stream never does), about 1 KiB
+    per file, 190 MiB for 200,000 receipts. (`members` and `inodes`, see _tarinfo, are plain
+    attributes of every CPython TarFile that typeshed does not declare: hence `Any`.)"""
     tar.members.clear()
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return
-    if st.st_nlink <= 1:
-        tar.inodes.pop((st.st_ino, st.st_dev), None)
 
 
 UNREADABLE_SHOWN: Final = 5
