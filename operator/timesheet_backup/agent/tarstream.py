@@ -243,8 +243,8 @@ def _tarinfo(tar: tarfile.TarFile, path: str, arcname: str, file: IO[bytes] | No
     if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:
         # tarfile remembered this inode in case a second name of the file comes later (to
         # write it as a hard link); a file with one name has none: forget it, so memory
-        # stays flat. The key is built from the same fstat tarfile used, not from the
-        # directory entry's lstat: on some filesystems (overlayfs) the two disagree.
+        # stays flat. The key comes from the stat tarfile itself keyed it with (fstat of
+        # the open file), so it cannot miss, as a second lookup by path could.
         cast(Any, tar).inodes.pop((st.st_ino, st.st_dev), None)
     info.mtime = st.st_mtime_ns // 1_000_000_000
     info.pax_headers = {**info.pax_headers, "mtime": format_pax_mtime(st.st_mtime_ns)}
@@ -304,10 +304,10 @@ class _Position:
 
 
 def _forget(tar: Any) -> None:
-    """Keep the writer's memory flat whatever the number of files: tarfile remembers every
-    member it wrote (`members`, for reading back, which a stream never does), about 1 KiB
-    per file, 190 MiB for 200,000 receipts. (`members` and `inodes`, see _tarinfo, are plain
-    attributes of every CPython TarFile that typeshed does not declare: hence `Any`.)"""
+    """Keep memory flat whatever the number of files: tarfile remembers every member it
+    wrote or read (`members`, for reading back or seeking, which a stream never does), about
+    1 KiB per file, 190 MiB for 200,000 receipts. (`members` and `inodes`, see _tarinfo, are
+    plain attributes of every CPython TarFile that typeshed does not declare: hence `Any`.)"""
     tar.members.clear()
 
 
@@ -462,11 +462,10 @@ class SafeExtractor:
             raise ArchiveError(f"not a readable tar stream: {exc}") from None
         with tar:
             try:
-                # next() rather than iteration, so the members read can be forgotten
-                # (tarfile keeps every one it read otherwise: memory grows with the files).
+                # next() rather than iteration, so the members read can be forgotten.
                 while (member := tar.next()) is not None:
                     self._extract_member(tar, member)
-                    cast(Any, tar).members.clear()
+                    _forget(tar)
             except tarfile.TarError as exc:
                 raise ArchiveError(f"broken tar stream: {exc}") from None
         self._check_symlinks()
