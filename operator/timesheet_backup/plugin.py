@@ -239,6 +239,24 @@ class RestoreRequest:
     name: str | None = None
     bucket: str | None = None  # latest from the bucket alone (source.latest)
     backup_namespace: str | None = None  # with bucket: whose backups (default: the Restore's)
+    # Another server (disaster recovery): where, as whom, the password's Secret (NAME[:KEY]).
+    db_host: str | None = None
+    db_port: int | None = None
+    db_user: str | None = None
+    db_secret: str | None = None
+    owner: str | None = None  # of the database --into creates
+    globals: bool = False  # recreate the backup's roles first
+
+
+DEFAULT_PASSWORD_KEY = "password"  # noqa: S105 (a Secret key name)
+
+
+def secret_key_ref(value: str) -> dict[str, str]:
+    """`NAME[:KEY]` as a secretKeyRef (KEY defaults to `password`)."""
+    name, _, key = value.partition(":")
+    if not name:
+        raise UsageError(f"--db-secret {value!r}: give NAME or NAME:KEY")
+    return {"name": name, "key": key or DEFAULT_PASSWORD_KEY}
 
 
 def restore_body(request: RestoreRequest, namespace: str, now: datetime) -> dict[str, Any]:
@@ -282,8 +300,20 @@ def restore_body(request: RestoreRequest, namespace: str, now: datetime) -> dict
         spec["backupName"] = request.source
         prefix = f"{request.source}-restore"
     database: dict[str, Any] = {}
+    for field_name, value in (("host", request.db_host), ("port", request.db_port),
+                              ("user", request.db_user)):
+        if value:
+            database[field_name] = value
+    if request.db_secret:
+        database["passwordSecretRef"] = secret_key_ref(request.db_secret)
     if request.into:
         database.update(name=request.into, createDatabase=True)
+    if request.owner:
+        if not request.into:
+            raise UsageError("--owner owns the database --into creates: add --into DATABASE")
+        database["owner"] = request.owner
+    if request.globals:
+        database["globals"] = True
     if request.tables:
         database["tables"] = list(dict.fromkeys(request.tables))
     if request.schemas:
@@ -297,8 +327,8 @@ def restore_body(request: RestoreRequest, namespace: str, now: datetime) -> dict
     if database and not components:
         components = [c.COMPONENT_DATABASE]
     if database and c.COMPONENT_DATABASE not in components:
-        raise UsageError("--into, --table, --schema, --data-only and --schema-only restore the "
-                         "database: add --component database")
+        raise UsageError("--into, --table, --schema, --data-only, --schema-only, --globals "
+                         "and --db-* restore the database: add --component database")
     if components:
         spec["components"] = components
     if database:

@@ -179,7 +179,9 @@ def restore_request(args: argparse.Namespace) -> plugin.RestoreRequest:
         verified_only=args.verified_only, tables=args.table or (), schemas=args.schema or (),
         into=args.into, data_only=args.data_only, schema_only=args.schema_only,
         components=args.component or (), quiesce=args.quiesce or (), name=args.name,
-        bucket=args.bucket, backup_namespace=args.backup_namespace)
+        bucket=args.bucket, backup_namespace=args.backup_namespace, db_host=args.db_host,
+        db_port=args.db_port, db_user=args.db_user, db_secret=args.db_secret,
+        owner=args.owner, globals=args.globals)
 
 
 def run_restore(args: argparse.Namespace, client: Client) -> int:
@@ -352,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "backup, or database with --into/--table/--schema)")
     restore.add_argument("--quiesce", action="append", metavar="DEPLOYMENT",
                          help="scale this Deployment to 0 during the restore (repeatable)")
+    server = restore.add_argument_group(
+        "another server (disaster recovery; default: the backup's database)")
+    server.add_argument("--db-host", metavar="HOST", help="the server to restore into")
+    server.add_argument("--db-port", metavar="PORT", type=int)
+    server.add_argument("--db-user", metavar="ROLE", help="the role to connect as")
+    server.add_argument("--db-secret", metavar="NAME[:KEY]",
+                        help="Secret (and key, default `password`) with that role's password")
+    server.add_argument("--owner", metavar="ROLE",
+                        help="owner of the database --into creates (CREATE DATABASE ... OWNER)")
+    server.add_argument("--globals", action="store_true",
+                        help="first recreate the roles the backup dumped (a backup taken "
+                        "with database.globals; needs a superuser or CREATEROLE)")
     _create_flags(restore, "Restore")
     _connection(restore)
     restore.set_defaults(run=run_restore)

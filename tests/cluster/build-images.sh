@@ -194,15 +194,21 @@ files_hash() { # paths... -> hash of the files' names and contents (caches and b
 image_layers() { "$DOCKER" image inspect --format '{{.RootFS.Layers}}' "$1"; }
 
 # sid's Release is valid for a week; a lagging mirror or cache serves it expired and apt refuses
-# it. Then (only then) the builds are told to skip that check for sid. Sets SID_VALID (yes/no).
+# it. Then the builds are told to skip that check for sid. Sets SID_VALID (yes/no). A Release
+# that cannot be read here counts as expired: apt would read the same copy, and a build that
+# fails on a stale date helps nobody (signatures are checked either way).
 SID_VALID=
 check_sid_release() {
     [ -z "$SID_VALID" ] || return 0
     local until
     SID_VALID=yes
-    until=$(curl -fsS --max-time 30 "$MIRROR/dists/sid/InRelease" 2>/dev/null \
-        | sed -n 's/^Valid-Until: //p' | head -n1) || true
-    if [ -n "$until" ] && [ "$(date -u -d "$until" +%s)" -le "$(date -u +%s)" ]; then
+    until=$(curl -fsS --retry 3 --retry-delay 2 --max-time 60 "$MIRROR/dists/sid/InRelease" \
+        2>/dev/null | sed -n 's/^Valid-Until: //p' | head -n1) || true
+    if [ -z "$until" ]; then
+        SID_VALID=no
+        log "warning: could not read sid's Release from $MIRROR; building with" \
+            "Check-Valid-Until: no for sid (signatures are still checked)"
+    elif [ "$(date -u -d "$until" +%s)" -le "$(date -u +%s)" ]; then
         SID_VALID=no
         log "warning: $MIRROR serves sid's Release expired since $until; building with" \
             "Check-Valid-Until: no for sid (signatures are still checked)"

@@ -119,6 +119,21 @@ def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) 
         assert rst["restoredFrom"]["manifestKey"] == st["manifestKey"]
         assert rst["restoredFrom"]["completionTime"]  # the manifest's, recorded with the choice
         assert_same(db_before, fresh.db_snapshot(target))
+        # Roles asked of a backup taken without database.globals: refused when resolved,
+        # before any Job, with a Warning Event.
+        fresh.create("restores", "roles-of-none", {
+            "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
+                       "manifestKey": st["manifestKey"]},
+            "database": {**fresh.database_spec(f"{target}_2"), "createDatabase": True,
+                         "globals": True},
+        })
+        refused = fresh.wait_phase("restores", "roles-of-none", ("Succeeded", "Failed"),
+                                   timeout=60)
+        assert conditions(refused)["Failed"]["reason"] == "RolesMissing", refused["status"]
+        assert "taken without database.globals" in refused["status"]["message"]
+        wait_for(lambda: any(e.type == "Warning" and e.reason == "RolesMissing"
+                             for e in fresh.events("roles-of-none")), 30,
+                 message="no Warning Event RolesMissing")
         delete_all(fresh)
         drop_app(fresh)
     finally:

@@ -2,21 +2,33 @@
 the package installs, with the test cluster's kubeconfig, against the operator installed by
 its chart. A Backup as a run of a schedule, the list, the schedules' status, one table of
 the latest Backup into a side database, the agent's log; and kubectl finds the plugin on
-PATH and runs it."""
+PATH and runs it. Disaster recovery onto a fresh server that has none of the app's roles:
+the latest backup of a schedule taken with database.globals, restored as that server's
+superuser, brings the roles back before the database it creates for the app's role."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import wait_for
-from tests.support.dbsnapshot import count_rows, user_tables
+from tests.support.cluster import Cluster, secret_data, wait_for
+from tests.support.dbsnapshot import (
+    APP_ROLE,
+    READONLY_ROLE,
+    REPORTING_ROLE,
+    assert_same,
+    count_rows,
+    snapshot,
+    user_tables,
+)
 from tests.support.operator import App, run_tool, tool_env
+from tests.support.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +124,60 @@ def test_the_plugin_backs_up_lists_restores_and_shows_logs(app: App) -> None:
 def count_rows_of(app: App, dbname: str, table: str) -> int:
     with app.connect(dbname) as conn:
         return count_rows(conn, table)
+
+
+FRESH_SERVICE = "timesheet-db-new"
+
+
+@pytest.fixture
+def fresh_server(cluster: Cluster, app: App) -> Iterator[PostgresServer]:
+    """A new PostgreSQL server without the app's roles or database, reached from pods as the
+    Service timesheet-db-new, its superuser's password in the Secret pg-new-admin."""
+    server = PostgresServer(host=cluster.host_bind_address)
+    try:
+        server.start()
+        # Pods connect from the pod network; the server listens only where they reach it.
+        server.allow_password_logins("0.0.0.0/0")
+        cluster.expose_host_port(app.namespace, FRESH_SERVICE, 5432, server.port)
+        cluster.core.create_namespaced_secret(app.namespace, {
+            "metadata": {"name": "pg-new-admin"},
+            "data": secret_data({"password": server.password})})
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_the_plugin_restores_onto_a_fresh_server_with_the_roles(
+        app: App, fresh_server: PostgresServer) -> None:
+    assert fresh_server.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
+                                ([APP_ROLE, REPORTING_ROLE, READONLY_ROLE],)) == [(0,)]
+    app.create("backupschedules", "nightly", {
+        "schedule": "0 2 * * *",
+        "template": {"spec": {"components": ["database"],
+                              "database": {**app.database_spec(), "globals": True},
+                              "storage": app.storage()}}})
+    made = plugin(app, "backup", "now", "--from-schedule", "nightly", "--wait",
+                  "--timeout", "240")
+    name = made.stdout.splitlines()[0].split()[0].split("/", 1)[1]
+    database = app.get("backups", name)["status"]["artifacts"][0]
+    assert database["rolesKey"].endswith("/roles.sql.zst"), database
+    before = app.db_snapshot()
+
+    restored = plugin(app, "restore", "latest", "--schedule", "nightly",
+                      "--into", app.database, "--db-host", f"{FRESH_SERVICE}.{app.namespace}.svc",
+                      "--db-user", fresh_server.user, "--db-secret", "pg-new-admin",
+                      "--owner", APP_ROLE, "--globals", "--wait", "--timeout", "280")
+    last = restored.stdout.splitlines()[-1]
+    assert " Succeeded" in last and last.endswith(f"(from {name})"), restored.stdout
+    restore_name = last.split()[0].split("/", 1)[1]
+    message = app.get("restores", restore_name)["status"]["message"]
+    assert "; roles: " in message and APP_ROLE in message, message
+
+    assert fresh_server.execute(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+        (app.database,)) == [(APP_ROLE,)]
+    assert fresh_server.execute(
+        "SELECT pg_has_role(%s, %s, 'MEMBER')", (APP_ROLE, REPORTING_ROLE))[0][0]
+    with fresh_server.connection(app.database) as conn:
+        # Tables, rows, owners and grants to the recreated roles: as on the old server.
+        assert_same(before, snapshot(conn))

@@ -35,6 +35,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
      "a parallel dump (jobs > 1) needs format: directory"),
     ("Backup", {"database": {**GOOD_DB, "tables": ["a"], "excludeTables": ["b"]}},
      "use tables or excludeTables, not both"),
+    ("Backup", {"database": {**GOOD_DB, "globalsPasswords": True}},
+     "globalsPasswords adds the password hashes to the roles dump: set globals too"),
     ("Backup", {"database": {**GOOD_DB, "tables": ["entries\n; DROP TABLE x"]}},
      "spec.database.tables[0]"),
     ("Backup", {"database": {**GOOD_DB, "host": "-oProxyCommand=x"}}, "spec.database.host"),

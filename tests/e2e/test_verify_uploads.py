@@ -62,6 +62,16 @@ def test_an_encrypted_uploads_restore_test_passes_then_fails_on_a_tampered_artif
     # into the test Job's emptyDir, not the app's claim (which stays as it was)
     assert all("scratch" in t["spec"]["uploads"] and "claimName" not in t["spec"]["uploads"]
                for t in tests), [t["spec"] for t in tests]
+    # ... whose size is bounded by what the backup's files take (a few KiB here: the floor),
+    # on the Job's volume, for the kubelet to enforce.
+    assert all(t["spec"]["uploads"]["scratch"] == {"sizeLimit": "64Mi"} for t in tests), \
+        [t["spec"] for t in tests]
+    names = tuple(t["metadata"]["name"] for t in tests)
+    limits = {v.empty_dir.size_limit
+              for job in app.cluster.batch.list_namespaced_job(app.namespace).items
+              if job.metadata.name.startswith(names)
+              for v in job.spec.template.spec.volumes if v.name == "uploads"}
+    assert limits == {"64Mi"}, limits
     assert app.tree() == tree_before
     proof = app.get("backups", "seed")["status"]["verification"]
     assert proof["result"] == "Succeeded" and proof["verifiedTime"], proof

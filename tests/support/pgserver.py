@@ -255,6 +255,14 @@ class PostgresServer:
             conf["ssl_ca_file"] = "root.crt"
         return conf
 
+    def allow_password_logins(self, cidr: str) -> None:
+        """Let every role in from `cidr` with its password (scram-sha-256), and reload: for
+        a server that pods reach (their addresses are the pod network's)."""
+        with (self.data_dir / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {cidr} scram-sha-256\n")
+        self._run("pg_ctl", "reload", "-D", str(self.data_dir))
+        time.sleep(0.5)  # the postmaster rereads pg_hba on SIGHUP, asynchronously
+
     def allow_cert_auth(self, role: str, dbname: str = "all") -> None:
         """Let `role` in over TLS with a client certificate only (its CN must be the role),
         ahead of every other pg_hba line, and reload."""

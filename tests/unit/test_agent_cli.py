@@ -228,3 +228,22 @@ def test_unexpected_exception_is_reported_as_internal(
     term = json.loads((tmp_path / "t").read_text())
     assert term["reason"] == "InternalError" and "KeyError" in term["error"]
     assert "Traceback" in capsys.readouterr().err  # a bug keeps its traceback
+
+
+def test_globals_requests_are_checked() -> None:
+    from timesheet_backup.agent.backup import BackupRequest
+    from timesheet_backup.agent.pgtools import Connection
+    from timesheet_backup.agent.restore import RestoreRequest
+
+    conn = Connection(host="db", user="timesheet", dbname="timesheet_db")
+    BackupRequest(backup_id="b", namespace="n", name="x", components=("database",),
+                  database=conn, roles=True, role_passwords=True).validate()
+    with pytest.raises(ConfigError, match="--db-globals-passwords needs --db-globals"):
+        BackupRequest(backup_id="b", namespace="n", name="x", components=("database",),
+                      database=conn, role_passwords=True).validate()
+    with pytest.raises(ConfigError, match="--db-globals needs the database component"):
+        BackupRequest(backup_id="b", namespace="n", name="x", components=("uploads",),
+                      uploads_dir=Path("/u"), roles=True).validate()
+    RestoreRequest(manifest_key="k", roles=True).validate()  # every component of the backup
+    with pytest.raises(ConfigError, match="--globals needs the database component"):
+        RestoreRequest(manifest_key="k", components=("uploads",), roles=True).validate()

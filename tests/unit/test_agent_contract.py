@@ -88,6 +88,7 @@ def backup_request(spec: Mapping[str, Any]) -> tuple[Any, Any, dict[str, str]]:
     # what an unset field means on both sides
     ({}, {"components": ("database", "uploads"), "dump.format": "custom", "dump.jobs": 1,
           "dump.tables": (), "dump.exclude_tables": (), "dump.no_owner": False,
+          "roles": False, "role_passwords": False,
           "compression": "zstd", "compression_level": None, "recipients": (),
           "uploads_exclude": (), "s3.storage_class": None, "s3.sse": None,
           "s3.sse_kms_key_id": None, "s3.prefix": "", "s3.force_path_style": False,
@@ -102,6 +103,9 @@ def backup_request(spec: Mapping[str, Any]) -> tuple[Any, Any, dict[str, str]]:
     ({"database": {**DB, "excludeTables": ["public.audit_*"]}},
      {"dump.exclude_tables": ("public.audit_*",)}),
     ({"database": {**DB, "noOwner": True}}, {"dump.no_owner": True}),
+    ({"database": {**DB, "globals": True}}, {"roles": True, "role_passwords": False}),
+    ({"database": {**DB, "globals": True, "globalsPasswords": True}},
+     {"roles": True, "role_passwords": True}),
     ({"database": {**DB, "port": 6432, "sslMode": "verify-full"}},
      {"database": Connection(host="db.timesheet", port=6432, user="timesheet",
                              dbname="timesheet_db", sslmode="verify-full")}),
@@ -177,7 +181,7 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
         storage=dump(backup.storage), manifest_key="timesheet/nightly/manifest.json",
         backup_id="uid-1", components=list(components),
         encrypted=list(components) if encrypted else [],
-        database=dump(backup.database), uploads=dump(backup.uploads)))
+        database=dump(backup.database), uploads=dump(backup.uploads), database_roles=True))
     body = {"apiVersion": "backup.northstar.io/v1alpha1", "kind": "Restore",
             "metadata": {"name": "back", "namespace": "timesheet", "uid": "uid-2"},
             "spec": dict(spec)}
@@ -191,7 +195,8 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
 @pytest.mark.parametrize(("spec", "components", "expected"), [
     ({}, ("database",), {
         "components": ("database",), "clean": True, "no_owner": False, "jobs": 1,
-        "create_database": False, "create_owner": None, "drop_after": False, "checks": (),
+        "create_database": False, "create_owner": None, "roles": False, "drop_after": False,
+        "checks": (),
         "uploads_dir": None, "identities": None, "verify": "before",
         "selection": Selection(), "uploads_paths": (),
         "manifest_key": "timesheet/nightly/manifest.json",
@@ -203,6 +208,10 @@ def restore_request(spec: Mapping[str, Any], components: tuple[str, ...] = ("dat
                    "dropAfter": True}}, ("database",),
      {"database.dbname": "scratch", "create_database": True, "create_owner": "timesheet",
       "drop_after": True}),
+    ({"database": {"host": "fresh", "user": "postgres", "createDatabase": True,
+                   "owner": "timesheet", "globals": True}}, ("database",),
+     {"roles": True, "create_database": True, "create_owner": "timesheet",
+      "database.host": "fresh", "database.user": "postgres"}),
     ({"database": {"host": "other", "port": 6432, "user": "admin", "sslMode": "require"}},
      ("database",), {"database": Connection(host="other", port=6432, user="admin",
                                             dbname="timesheet_db", sslmode="require")}),

@@ -118,6 +118,13 @@ def test_the_uploads_comparison_joins_the_row_counts() -> None:
     assert content_notes({"uploads": {"fileCount": 3}}) is None
 
 
+def test_the_roles_come_first() -> None:
+    roles = "roles: 2 role(s) created (timesheet, reporting); 0 existing altered"
+    note = "compared 4 tables' row counts with the backup's: all equal"
+    assert content_notes({"database": {"roles": roles, "rowCounts": note}}) == \
+        f"{roles}; {note}"
+
+
 def _succeeded_pod(summary: str) -> dict[str, object]:
     return {"metadata": {"creationTimestamp": "2024-01-01T00:00:00Z"},
             "status": {"containerStatuses": [{"state": {"terminated": {

@@ -47,6 +47,7 @@ def test_owner_is_a_restore_target_field() -> None:
         "owner": "timesheet",
         "clean": True,
         "noOwner": False,
+        "globals": False,
         "dropAfter": False,
         "dataOnly": False,
         "schemaOnly": False,

@@ -236,6 +236,21 @@ def test_restore_latest_from_the_bucket_alone() -> None:
     assert bare["metadata"]["name"] == "bucket-latest-20260314120000"
 
 
+def test_restore_onto_a_fresh_server_with_its_roles() -> None:
+    body = plugin.restore_body(RestoreRequest(
+        "latest", bucket="backups", schedule="nightly", into="timesheet_db",
+        db_host="pg-new.db", db_port=5433, db_user="postgres", db_secret="pg-new-admin",
+        owner="timesheet", globals=True), "dr", NOW)
+    assert body["spec"]["database"] == {
+        "host": "pg-new.db", "port": 5433, "user": "postgres",
+        "passwordSecretRef": {"name": "pg-new-admin", "key": "password"},
+        "name": "timesheet_db", "createDatabase": True, "owner": "timesheet", "globals": True}
+    assert body["spec"]["components"] == ["database"]
+    parse(models.RestoreSpec, body["spec"])
+    keyed = plugin.restore_body(RestoreRequest("b", db_secret="admin:pw"), "dr", NOW)
+    assert keyed["spec"]["database"] == {"passwordSecretRef": {"name": "admin", "key": "pw"}}
+
+
 def test_restore_a_backup_by_name() -> None:
     body = plugin.restore_body(RestoreRequest("nightly-1", quiesce=["web"],
                                               components=["database", "uploads"]), "app", NOW)
@@ -258,6 +273,9 @@ def test_restore_a_backup_by_name() -> None:
     (RestoreRequest("b", bucket="x"), "--from-bucket restores `latest`"),
     (RestoreRequest("latest", bucket="x", verified_only=True), "does not record restore tests"),
     (RestoreRequest("latest", schedule="s", backup_namespace="p"), "with --from-bucket"),
+    (RestoreRequest("b", owner="timesheet"), "add --into DATABASE"),
+    (RestoreRequest("b", globals=True, components=["uploads"]), "add --component database"),
+    (RestoreRequest("b", db_secret=":pw"), "give NAME or NAME:KEY"),
 ])
 def test_restore_flags_that_do_not_fit(request_: RestoreRequest, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -275,6 +293,13 @@ def test_parsed_flags_become_the_request() -> None:
         "restore", "latest", "--from-bucket", "backups", "--backup-namespace", "prod"])
     assert plugin_cli.restore_request(args) == RestoreRequest(
         "latest", bucket="backups", backup_namespace="prod")
+    args = plugin_cli.build_parser().parse_args([
+        "restore", "latest", "--from-bucket", "backups", "--into", "timesheet_db",
+        "--db-host", "pg-new", "--db-port", "5433", "--db-user", "postgres",
+        "--db-secret", "pg-new-admin", "--owner", "timesheet", "--globals"])
+    assert plugin_cli.restore_request(args) == RestoreRequest(
+        "latest", bucket="backups", into="timesheet_db", db_host="pg-new", db_port=5433,
+        db_user="postgres", db_secret="pg-new-admin", owner="timesheet", globals=True)
 
 
 # --- following and logs -------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_resolve_takes_the_connection_from_the_backup_and_the_targets_from_the_u
     assert resolved["database"] == {
         "host": "db", "port": 5432, "name": "scratch", "user": "timesheet",
         "passwordSecretRef": {"name": "timesheet-db", "key": "password"}, "sslMode": "require",
-        "createDatabase": False, "clean": True, "noOwner": False, "jobs": 2,
+        "createDatabase": False, "clean": True, "noOwner": False, "globals": False, "jobs": 2,
         "dropAfter": False, "dataOnly": False, "schemaOnly": False}
     # no format/tables of the backup: those belong to the dump
     assert resolved["uploads"] == {"claimName": "uploads", "subPath": "files", "mode": "merge"}
@@ -107,12 +107,23 @@ def test_resolve_takes_the_connection_from_the_backup_and_the_targets_from_the_u
     ({"components": ["uploads"]}, {"uploads": {}}, "InvalidSpec", "uploads.claimName"),
     ({}, {"encrypted": ["database"]}, "DecryptionKeyMissing",
      "verification.decryption.secretRef"),
+    ({"database": {"globals": True}}, {}, "RolesMissing", "taken without database.globals"),
 ])
 def test_resolve_refuses(spec: dict[str, Any], src: dict[str, Any], reason: str,
                          needle: str) -> None:
     with pytest.raises(RestoreFailed) as info:
         decide.resolve(restore_spec(**spec), source(**src))
     assert info.value.reason == reason and needle in str(info.value)
+
+
+def test_resolve_globals_of_a_backup_with_roles() -> None:
+    spec = restore_spec(database={"host": "fresh", "createDatabase": True, "owner": "timesheet",
+                                  "globals": True})
+    resolved = decide.resolve(spec, source(database_roles=True))
+    assert resolved["database"]["globals"] is True
+    # An uploads-only restore of the same spec does not need the roles.
+    uploads_only = restore_spec(components=["uploads"], database={"globals": True})
+    assert decide.resolve(uploads_only, source())["database"] is None
 
 
 @pytest.mark.parametrize(("components", "encrypted", "decryption", "expected"), [

@@ -156,6 +156,34 @@ def test_restore_test_carries_the_decryption_key(verification: dict[str, Any],
         assert "TSB_AGE_IDENTITY" not in env
 
 
+def uploads_backup(content: int | None, files: int | None) -> dict[str, Any]:
+    artifact: dict[str, Any] = {"component": "uploads"}
+    if content is not None:
+        artifact["contentBytes"] = content
+    if files is not None:
+        artifact["fileCount"] = files
+    return {**BACKUP, "status": {**BACKUP["status"], "components": "database,uploads",
+                                 "artifacts": [{"component": "database"}, artifact]}}
+
+
+@pytest.mark.parametrize(("content", "files", "expected"), [
+    (1 << 30, 1000, "1285Mi"),   # 1 GiB + 1000 blocks of 4 KiB, a quarter more, rounded up
+    (10, 3, "64Mi"),             # at least 64 MiB
+    (None, 3, None),             # a Backup from before contentBytes: no limit, as before
+    (10, None, None),
+])
+def test_the_uploads_restore_test_has_a_size_limit(content: int | None, files: int | None,
+                                                   expected: str | None) -> None:
+    verification = parse(models.VerificationSpec, {"schedule": "0 5 * * 1"})
+    body = verification_body(SCHEDULE, verification, uploads_backup(content, files), "v-1")
+    assert body["spec"]["components"] == ["database", "uploads"]
+    assert body["spec"]["uploads"]["scratch"].get("sizeLimit") == expected
+    parse(models.RestoreSpec, body["spec"])
+    own = parse(models.VerificationSpec, {"schedule": "0 5 * * 1", "uploadsSizeLimit": "20Gi"})
+    assert verification_body(SCHEDULE, own, uploads_backup(content, files), "v-1")[
+        "spec"]["uploads"]["scratch"] == {"sizeLimit": "20Gi"}
+
+
 def test_verification_decryption_is_in_the_crd_like_the_restores() -> None:
     def schema(kind: str) -> dict[str, Any]:
         (definition,) = [d for d in crds.DEFINITIONS if d.kind == kind]

@@ -68,6 +68,11 @@ def test_uploads_artifact_names(compression: str, encrypted: bool, expected: str
     assert layout.uploads_artifact_name(compression, encrypted) == expected
 
 
+def test_roles_artifact_names() -> None:
+    assert layout.roles_artifact_name("zstd", True) == "roles.sql.zst.age"
+    assert layout.roles_artifact_name("none", False) == "roles.sql"
+
+
 def test_unknown_format_or_compression() -> None:
     with pytest.raises(ConfigError):
         layout.database_artifact_name("tar", "zstd", False)

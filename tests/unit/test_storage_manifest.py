@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -381,3 +383,66 @@ def test_what_a_matching_uploads_restore_compared_is_said() -> None:
     nothing = replace(UPLOADS, content_bytes=None, file_count=None)
     assert mf.uploads_comparison(nothing, 7, 4096) == (
         "uploads: archive sha256 checked (the manifest records no file count or bytes)")
+
+
+# --- the roles dumped with the database (database.globals) -------------------------------
+
+
+ROLES = mf.Roles(key="p/ns/daily/roles.sql.zst.age", size_bytes=321, sha256="ef" * 32,
+                 verified=("size", "checksum-sha256"), passwords=False)
+
+
+def with_roles(roles: mf.Roles = ROLES) -> mf.Manifest:
+    manifest = sample()
+    database, uploads = manifest.artifacts
+    return replace(manifest, artifacts=(replace(database, roles=roles), uploads))
+
+
+def test_roles_round_trip_and_shape() -> None:
+    manifest = with_roles()
+    assert mf.loads(mf.dumps(manifest)) == manifest
+    db = json.loads(mf.dumps(manifest))["artifacts"][0]
+    assert db["roles"] == {"key": ROLES.key, "sizeBytes": 321, "sha256": "ef" * 32,
+                           "verified": ["size", "checksum-sha256"], "passwords": False}
+    # A manifest without roles is written as before (older agents read it).
+    assert "roles" not in as_dict()["artifacts"][0]
+    assert sample().artifacts[0].roles is None and sample().artifacts[0].roles_object() is None
+
+
+def test_the_roles_object_is_read_as_an_artifact_of_the_dump() -> None:
+    database = with_roles().artifacts[0]
+    roles = database.roles_object()
+    assert roles is not None
+    assert (roles.key, roles.size_bytes, roles.sha256, roles.verified) == (
+        ROLES.key, 321, "ef" * 32, ("size", "checksum-sha256"))
+    # Packed like the dump it belongs to.
+    assert (roles.compression, roles.encrypted, roles.recipients) == ("zstd", True, ("age1xyz",))
+    assert roles.roles is None and roles.row_counts is None
+
+
+def test_roles_count_in_the_size_and_the_keys_and_the_status() -> None:
+    manifest = with_roles()
+    assert manifest.size_bytes == 1333 + 321
+    manifest.check_keys(KEY)
+    with pytest.raises(ManifestError):
+        with_roles(replace(ROLES, key="q/ns/daily/roles.sql")).check_keys(KEY)
+    assert mf.summary(manifest, KEY)["artifacts"][0]["rolesKey"] == ROLES.key
+    assert "rolesKey" not in mf.summary(sample(), KEY)["artifacts"][0]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("key", KeyError, "roles.key is required"),
+    ("sha256", "nope", "roles.sha256 must be 64"),
+    ("sizeBytes", -1, "roles.sizeBytes"),
+    ("passwords", "yes", "roles.passwords"),
+    ("verified", ["trust-me"], "roles.verified"),
+    ("extra", 1, "unknown field artifacts[0].roles.extra"),
+])
+def test_roles_are_parsed_strictly(field: str, value: Any, message: str) -> None:
+    data = json.loads(mf.dumps(with_roles()))
+    if value is KeyError:
+        del data["artifacts"][0]["roles"][field]
+    else:
+        data["artifacts"][0]["roles"][field] = value
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        mf.from_dict(data)

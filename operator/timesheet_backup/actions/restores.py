@@ -68,7 +68,8 @@ def resolve(namespace: str, spec: models.RestoreSpec) -> dict[str, Any]:
     return decide.resolve(spec, decide.source(
         location, manifest.backup_id, manifest.components,
         [a.component for a in manifest.artifacts if a.encrypted], defaults,
-        database.format if database else None))
+        database.format if database else None,
+        database is not None and database.roles is not None))
 
 
 def _bucket_entries(namespace: str, spec: models.RestoreSpec,

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -47,6 +47,10 @@ class BackupRequest:
     components: tuple[str, ...] = COMPONENTS
     database: Connection | None = None
     dump: DumpOptions = field(default_factory=DumpOptions)
+    # The server's roles and memberships beside the dump (--db-globals), with their password
+    # hashes only when asked (--db-globals-passwords: a superuser's dump).
+    roles: bool = False
+    role_passwords: bool = False
     compression: str = "zstd"
     compression_level: int | None = None
     recipients: tuple[str, ...] = ()
@@ -78,6 +82,10 @@ class BackupRequest:
                 raise ConfigError("the database component needs --db-host/--db-name/--db-user")
             self.database.validate()
             self.dump.validate()
+        if self.role_passwords and not self.roles:
+            raise ConfigError("--db-globals-passwords needs --db-globals")
+        if self.roles and COMPONENT_DATABASE not in self.components:
+            raise ConfigError("--db-globals needs the database component")
         if COMPONENT_UPLOADS in self.components and self.uploads_dir is None:
             raise ConfigError("the uploads component needs --uploads-dir")
         streams.check_level(self.compression, self.compression_level)
@@ -197,6 +205,25 @@ def _dump_database(
     )
 
 
+def _dump_roles(store: S3Store, request: BackupRequest, key: str, dump_bin: Path | None,
+                lock: ObjectLock | None = None) -> mf.Roles:
+    """pg_dumpall --roles-only, packed and verified like the dump it goes with. Small (a
+    statement per role and membership), so it is read whole before the upload starts: a
+    refused dump (passwords without a superuser) leaves no object behind."""
+    conn = request.database
+    if conn is None:
+        raise ConfigError("no database settings")
+    tool = clients.located(["pg_dumpall"], dump_bin)[0]
+    script = postgres.dump_roles(conn, with_passwords=request.role_passwords,
+                                 tool=tool).encode()
+    result, verified, _ = _stream_to_store(store, key, request,
+                                           lambda sink: sink.write(script), lock)
+    log.info("dumped the server's roles and memberships%s to s3://%s/%s",
+             " with their password hashes" if request.role_passwords else "", store.bucket, key)
+    return mf.Roles(key=key, size_bytes=result.size, sha256=result.sha256, verified=verified,
+                    passwords=request.role_passwords)
+
+
 def _archive_uploads(store: S3Store, request: BackupRequest, key: str,
                      lock: ObjectLock | None = None) -> mf.Artifact:
     root = request.uploads_dir
@@ -295,12 +322,20 @@ def run_backup(
     written: list[str] = []
     try:
         if COMPONENT_DATABASE in request.components:
+            roles = None
+            if request.roles:
+                # First: a role dump refused for lack of a superuser fails before the long one.
+                roles_key = directory + layout.roles_artifact_name(request.compression,
+                                                                   encrypted)
+                written.append(roles_key)
+                roles = _dump_roles(store, request, roles_key, dump_bin, lock)
             key = directory + layout.database_artifact_name(
                 request.dump.format, request.compression, encrypted
             )
             written.append(key)
-            artifacts.append(_dump_database(store, request, key, server_version, dump_version,
-                                            dump_bin, lock))
+            database = _dump_database(store, request, key, server_version, dump_version,
+                                      dump_bin, lock)
+            artifacts.append(replace(database, roles=roles))
         if COMPONENT_UPLOADS in request.components:
             key = directory + layout.uploads_artifact_name(request.compression, encrypted)
             written.append(key)

@@ -237,6 +237,11 @@ def add_parsers(commands: Any) -> None:
         "--db-exclude-table", action="append", default=[], help="pg_dump --exclude-table pattern"
     )
     dump.add_argument("--db-no-owner", action="store_true")
+    dump.add_argument("--db-globals", action="store_true",
+                      help="also dump the server's roles and memberships (pg_dumpall "
+                           "--roles-only), for a restore onto a fresh server")
+    dump.add_argument("--db-globals-passwords", action="store_true",
+                      help="with --db-globals: keep the password hashes (needs a superuser)")
     packing = backup.add_argument_group("compression and encryption")
     packing.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
     packing.add_argument(
@@ -298,6 +303,10 @@ def add_parsers(commands: Any) -> None:
         help="owner of the database --create-database creates (CREATE DATABASE ... OWNER); "
         "the connecting role must be a member of it. Default: the connecting role",
     )
+    target.add_argument(
+        "--globals", action="store_true",
+        help="first recreate the roles and memberships the backup dumped (--db-globals); "
+             "needs a superuser or CREATEROLE")
     target.add_argument("--clean", action="store_true", help="drop existing objects first")
     target.add_argument("--no-owner", action="store_true")
     target.add_argument("--jobs", type=int, default=1, help="parallel pg_restore")
@@ -500,6 +509,8 @@ def backup_request(args: argparse.Namespace, env: Mapping[str, str]) -> BackupRe
             exclude_tables=tuple(args.db_exclude_table),
             no_owner=args.db_no_owner,
         ),
+        roles=args.db_globals,
+        role_passwords=args.db_globals_passwords,
         compression=args.compression,
         compression_level=args.compression_level,
         recipients=tuple(args.age_recipient),
@@ -568,6 +579,7 @@ def restore_request(
         maintenance_db=args.maintenance_db,
         create_database=args.create_database,
         create_owner=args.create_owner,
+        roles=args.globals,
         clean=args.clean,
         no_owner=args.no_owner,
         jobs=args.jobs,

@@ -325,11 +325,13 @@ class Tool:
         self.wait()
 
 
-def dump_roles(conn: Connection, with_passwords: bool = False, timeout: float = 600) -> str:
+def dump_roles(conn: Connection, with_passwords: bool = False, timeout: float = 600,
+               tool: str = "pg_dumpall") -> str:
     """pg_dumpall --roles-only as SQL text (small: one statement per role and membership).
 
-    Runs as the backup's own role; without passwords a non-superuser can take it."""
-    args = roles.pg_dumpall_roles_args(conn, with_passwords)
+    Runs as the backup's own role; without passwords a non-superuser can take it. `tool`:
+    the pg_dumpall of the client chosen for the server (one no older than it)."""
+    args = [tool, *roles.pg_dumpall_roles_args(conn, with_passwords)[1:]]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
                               env=os.environ.copy())

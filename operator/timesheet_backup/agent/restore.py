@@ -63,6 +63,9 @@ class RestoreRequest:
     maintenance_db: str = "postgres"
     create_database: bool = False
     create_owner: str | None = None  # CREATE DATABASE ... OWNER; None: the connecting role
+    # Replay the backup's roles and memberships first (--globals): a fresh server's roles,
+    # before CREATE DATABASE ... OWNER and a dump whose owners are those roles.
+    roles: bool = False
     clean: bool = False
     no_owner: bool = False
     jobs: int = 1
@@ -93,8 +96,11 @@ class RestoreRequest:
             raise ConfigError("--create-owner needs --create-database")
         if self.create_owner == "":
             raise ConfigError("--create-owner must name a role")
-        if self.checks and COMPONENT_UPLOADS in self.components and len(self.components) == 1:
+        without_database = bool(self.components) and COMPONENT_DATABASE not in self.components
+        if self.checks and without_database:
             raise ConfigError("--check needs the database component")
+        if self.roles and without_database:
+            raise ConfigError("--globals needs the database component")
         self.selection.validate(self.clean)
         if self.uploads_paths and self.uploads_mode != "merge":
             raise ConfigError("--uploads-path restores only some entries: it needs "
@@ -417,6 +423,8 @@ def restore_database(
         raise ConfigError(
             f"selective restore ({request.selection.describe()}) needs a custom or directory "
             "format backup; this one is a plain SQL dump, which can only be restored whole")
+    roles_note = _restore_roles(store, artifact, identities, conn, request) \
+        if request.roles else None
     created = False
     if not postgres.database_exists(conn, request.maintenance_db):
         if not request.create_database:
@@ -461,7 +469,36 @@ def restore_database(
         "dropped": request.drop_after,
         "serverMajor": target_major,
         "client": plan.describe(artifact.format or "custom"),
+        **({"roles": roles_note} if roles_note else {}),
     }
+
+
+# A roles dump is a statement per role and membership: far below this even for thousands.
+MAX_ROLES_BYTES: Final = 64 << 20
+
+
+def _restore_roles(store: S3Store, artifact: mf.Artifact, identities: Sequence[Any],
+                   conn: Connection, request: RestoreRequest) -> str:
+    """Recreate the backup's roles (agent/roles.py's plan) on the target server, read whole
+    and verified against the manifest before any statement runs; the description of what
+    was done (e.g. "roles: 3 role(s) created (...); ...")."""
+    roles_object = artifact.roles_object()
+    if roles_object is None:
+        raise ConfigError(
+            f"backup has no roles to restore ({artifact.key} was dumped without "
+            "database.globals); restore without globals, or take a backup with it")
+    script = bytearray()
+    with ArtifactReader(store, roles_object, identities) as reader:
+        while chunk := reader.read(streams.CHUNK):
+            script += chunk
+            if len(script) > MAX_ROLES_BYTES:
+                raise IntegrityError(f"{roles_object.key} holds more than {MAX_ROLES_BYTES} "
+                                     "bytes of SQL: not a roles dump")
+        reader.finish()
+    log.info("verified %s; recreating roles on %s:%s", roles_object.key, conn.host, conn.port)
+    plan = postgres.restore_roles(conn.with_dbname(request.maintenance_db),
+                                  bytes(script).decode("utf-8"))
+    return "roles: " + plan.describe()
 
 
 def _compare_row_counts(conn: Connection, artifact: mf.Artifact,

@@ -336,6 +336,12 @@ class DatabaseSpec:
             "rule": "!(has(self.tables) && has(self.excludeTables))",
             "message": "use tables or excludeTables, not both",
         },
+        {
+            "rule": "!has(self.globalsPasswords) || !self.globalsPasswords"
+                    " || (has(self.globals) && self.globals)",
+            "message": "globalsPasswords adds the password hashes to the roles dump: set "
+                       "globals too",
+        },
     )
 
     host: str | None = field("Server host name or address.", default=None,
@@ -381,6 +387,17 @@ class DatabaseSpec:
         items_maxLength=128,
     )
     no_owner: bool = field("Leave ownership out of the dump (pg_dump --no-owner).", default=False)
+    globals: bool = field(
+        "Also dump the server's roles and memberships (pg_dumpall --roles-only), stored "
+        "beside the dump, so a disaster-recovery restore onto a fresh server can recreate "
+        "them (Restore database.globals). Readable by the app's own role: no superuser "
+        "needed. Tablespaces are left out (their paths belong to the old server's disk).",
+        default=False)
+    globals_passwords: bool = field(
+        "With globals: keep the roles' password hashes too. pg_dumpall then reads "
+        "pg_authid, which only a superuser may read; the hashes are as secret as the "
+        "passwords (encrypt the backup). Default: restored roles have no password.",
+        default=False)
 
 
 @dataclass(kw_only=True)
@@ -514,6 +531,13 @@ class VerificationSpec:
         "Job settings of each restore test's Restore (its spec.job). Default: the template's "
         "spec.job, so the tests run with the backups' pull secrets, proxies and identity.",
         default=None)
+    uploads_size_limit: str | None = field(
+        "sizeLimit of the throwaway emptyDir a backup's uploads are restored into (a "
+        "quantity, e.g. 20Gi): past it the kubelet evicts the test's pod, which fails the "
+        "test instead of filling the node's disk. Default: what the backup's files take "
+        "(status.artifacts contentBytes, plus a block per file) and a quarter more; no "
+        "limit for a Backup that does not record it.",
+        default=None, pattern=v.SIZE_QUANTITY_PATTERN, maxLength=16)
 
 
 @dataclass(kw_only=True)
@@ -695,6 +719,12 @@ class RestoreDatabaseTarget:
     clean: bool = field("Drop existing objects before restoring them (with tables or schemas: "
                         "only the selected ones; never with dataOnly).", default=True)
     no_owner: bool = field("Do not restore ownership.", default=False)
+    globals: bool = field(
+        "First recreate the roles and memberships the backup dumped (Backup database.globals): "
+        "missing roles are created, existing ones altered, none dropped; the connecting role, "
+        "superusers and pg_* roles are left alone. Needs a superuser or CREATEROLE. For a "
+        "fresh server (disaster recovery), before createDatabase and its owner.",
+        default=False)
     jobs: int | None = field("Parallel restore jobs.", default=None, minimum=1, maximum=32)
     drop_after: bool = field(
         "Drop the database after the SQL checks: a restore test into a scratch database.",
@@ -940,6 +970,9 @@ class Artifact:
     content_bytes: int | None = field(
         "Bytes of the regular files archived (uploads); absent for backups taken before "
         "agents recorded it.", default=None)
+    roles_key: str | None = field(
+        "Object key of the roles and memberships dumped with the database (database.globals).",
+        default=None, maxLength=1024)
 
 
 @dataclass(kw_only=True)

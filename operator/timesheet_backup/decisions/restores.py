@@ -249,16 +249,18 @@ def manifest_unreadable(location: Location, error: Exception) -> RestoreFailed:
 
 def source(location: Location, backup_id: str, components: Sequence[str],
            encrypted: Sequence[str], defaults: Defaults,
-           database_format: str | None = None) -> Source:
+           database_format: str | None = None, database_roles: bool = False) -> Source:
     """The Source once the manifest was read (`backup_id`, `components`, the `encrypted`
-    components and the database artifact's format are the manifest's)."""
+    components, the database artifact's format and whether roles were dumped with it are
+    the manifest's)."""
     # Connection settings come from the backup (or operator defaults for a bucket source).
     return Source(
         storage=location.storage, manifest_key=location.manifest_key, backup_id=backup_id,
         components=list(components), encrypted=list(encrypted),
         database=location.database or (dump(defaults.database) if defaults.database else {}),
         uploads=location.uploads or (dump(defaults.uploads) if defaults.uploads else {}),
-        database_format=database_format, backup_name=location.backup_name,
+        database_format=database_format, database_roles=database_roles,
+        backup_name=location.backup_name,
         completion_time=location.completion_time)
 
 
@@ -274,6 +276,7 @@ class Source:
     database: Mapping[str, Any]  # the backup's resolved database (or the operator defaults)
     uploads: Mapping[str, Any]  # the backup's resolved uploads (or the operator defaults)
     database_format: str | None = None  # the manifest's database artifact: custom, plain...
+    database_roles: bool = False  # the database artifact has the server's roles (globals)
     backup_name: str | None = None  # the Backup object restored, if any
     completion_time: str | None = None  # when it completed (recorded for `latest`)
 
@@ -283,6 +286,12 @@ PLAIN_NOT_SELECTIVE = (
     "restored whole: take the backups in the custom or directory format (Backup "
     "database.format), or restore the whole dump into a side database (database.name with "
     "createDatabase) and copy from there")
+
+
+NO_ROLES = (
+    "database.globals recreates the roles the backup dumped, but this backup has none: it "
+    "was taken without database.globals. Create the roles by hand (or restore a backup that "
+    "has them), then restore without globals")
 
 
 def selection(target: models.RestoreDatabaseTarget | None) -> list[str]:
@@ -325,6 +334,9 @@ def resolve(spec: models.RestoreSpec, source: Source) -> dict[str, Any]:
     if selective and source.database_format == "plain":
         fields = ", ".join(f"database.{name}" for name in selective)
         raise RestoreFailed("SelectiveRestoreUnsupported", PLAIN_NOT_SELECTIVE.format(fields))
+    if "database" in components and spec.database and spec.database.globals \
+            and not source.database_roles:
+        raise RestoreFailed("RolesMissing", NO_ROLES)
     encrypted = any(x in source.encrypted for x in components)
     if encrypted and spec.decryption is None:
         raise RestoreFailed("DecryptionKeyMissing",
@@ -576,14 +588,16 @@ def ending(status: Mapping[str, Any]) -> Ending:
 
 
 def content_notes(summary: Mapping[str, Any]) -> str | None:
-    """What the restore Job compared with the backup, from its JSON summary: the row counts
+    """What the restore Job recreated and compared, from its JSON summary: the roles
+    (database.roles, e.g. "roles: 3 role(s) created (...); ..."), the row counts
     (database.rowCounts, e.g. "compared 4 tables' row counts with the backup's: all equal")
     and the uploads (uploads.compared, e.g. "uploads: 12 files, 3.4 MiB as the manifest
-    records, archive sha256 checked"), joined by "; "; None if nothing was compared."""
+    records, archive sha256 checked"), joined by "; "; None if there is nothing to say."""
     if not summary:
         return None
     notes = [(summary.get(part) or {}).get(key)
-             for part, key in (("database", "rowCounts"), ("uploads", "compared"))]
+             for part, key in (("database", "roles"), ("database", "rowCounts"),
+                               ("uploads", "compared"))]
     found = [n for n in notes if isinstance(n, str) and n]
     return "; ".join(found) or None
 
@@ -601,7 +615,7 @@ def _content_step_note(steps: Any) -> str | None:
 
 # How the agent's content notes begin (agent/restore.py, decisions/content.py,
 # storage/manifest.uploads_comparison).
-CONTENT_NOTES = ("compared ", "the backup has no row counts", "uploads: ")
+CONTENT_NOTES = ("roles: ", "compared ", "the backup has no row counts", "uploads: ")
 
 
 def unknown_step(step: str) -> RestoreFailed | None:

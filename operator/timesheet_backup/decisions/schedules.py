@@ -75,6 +75,27 @@ def backup_body(schedule: Mapping[str, Any], spec: models.BackupScheduleSpec,
     }
 
 
+# A file takes whole blocks on the node's disk: a 1-byte receipt uses 4 KiB.
+BLOCK_BYTES = 4096
+MIB = 1 << 20
+
+
+def uploads_scratch_limit(backup: Mapping[str, Any]) -> str | None:
+    """The default sizeLimit of a restore test's uploads emptyDir: the backup's regular
+    files (contentBytes) with a block of slack per file (fileCount), a quarter more for
+    directories and metadata, at least 64 MiB; in MiB. None when the Backup's status does
+    not record them (taken before agents did): then no limit, as before."""
+    for artifact in (backup.get("status") or {}).get("artifacts") or []:
+        if artifact.get("component") != "uploads":
+            continue
+        content, files = artifact.get("contentBytes"), artifact.get("fileCount")
+        if not isinstance(content, int) or not isinstance(files, int):
+            return None
+        need = (content + files * BLOCK_BYTES) * 5 // 4
+        return f"{max(64, -(-need // MIB))}Mi"  # MiB rounded up
+    return None
+
+
 def verification_body(schedule: Mapping[str, Any], verification: models.VerificationSpec,
                       backup: Mapping[str, Any], run_at_name: str) -> dict[str, Any]:
     """The Restore of a restore test: `backup` into a scratch database, checked, dropped.
@@ -98,7 +119,8 @@ def verification_body(schedule: Mapping[str, Any], verification: models.Verifica
         "safetyBackup": {"enabled": False},
     }
     if "uploads" in components:
-        spec["uploads"] = {"scratch": {}}
+        limit = verification.uploads_size_limit or uploads_scratch_limit(backup)
+        spec["uploads"] = {"scratch": {"sizeLimit": limit} if limit else {}}
     if verification.decryption:
         spec["decryption"] = dump(verification.decryption)
     # The restore test's Jobs run where the backups' do: the same pull secrets, proxies and

@@ -120,6 +120,10 @@ def backup_args(backup_id: str, namespace: str, name: str, spec: models.BackupSp
         args += [f"--db-exclude-table={t}" for t in db.exclude_tables or []]
         if db.no_owner:
             args.append("--db-no-owner")
+        if db.globals:
+            args.append("--db-globals")
+        if db.globals_passwords:
+            args.append("--db-globals-passwords")
     compression = spec.compression or models.CompressionSpec()
     args.append(f"--compression={compression.algorithm}")
     if compression.level is not None:
@@ -185,6 +189,8 @@ def restore_args(spec: models.RestoreSpec, resolved: Mapping[str, Any]) -> list[
             args.append("--create-database")
         if db.owner:
             args.append(f"--create-owner={db.owner}")
+        if db.globals:
+            args.append("--globals")
         if db.clean and not db.data_only:  # dataOnly: rows into the existing tables
             args.append("--clean")
         args += [f"--table={t}" for t in db.tables or []]

@@ -69,6 +69,11 @@ def uploads_artifact_name(compression: str, encrypted: bool) -> str:
     return f"uploads.tar{_suffix(compression, encrypted)}"
 
 
+def roles_artifact_name(compression: str, encrypted: bool) -> str:
+    """The roles and memberships (database.globals): SQL, packed like the dump beside it."""
+    return f"roles.sql{_suffix(compression, encrypted)}"
+
+
 def _suffix(compression: str, encrypted: bool) -> str:
     try:
         ext = COMPRESSION_EXTENSIONS[compression]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -42,6 +42,19 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
+class Roles:
+    """The roles and memberships dumped with a database (pg_dumpall --roles-only): one more
+    object, compressed and encrypted like the dump it belongs to."""
+
+    key: str
+    size_bytes: int
+    sha256: str
+    verified: tuple[str, ...] = ("size",)
+    # Whether the password hashes are in it (database.globalsPasswords).
+    passwords: bool = False
+
+
+@dataclass(frozen=True)
 class Artifact:
     component: str
     key: str
@@ -63,6 +76,7 @@ class Artifact:
     # Exact rows per dumped table ("schema.table"), counted in the dump's own snapshot;
     # None in manifests written before the agent counted.
     row_counts: Mapping[str, int] | None = None
+    roles: Roles | None = None
     # uploads only
     file_count: int | None = None
     # Bytes of the regular files' contents; None in manifests written before the agent
@@ -79,6 +93,15 @@ class Artifact:
     @property
     def table_count(self) -> int | None:
         return None if self.row_counts is None else len(self.row_counts)
+
+    def roles_object(self) -> Artifact | None:
+        """The roles object as an artifact of its own (its key, size and hash; this dump's
+        compression and encryption), so it is read and verified like any artifact."""
+        if self.roles is None:
+            return None
+        return replace(self, key=self.roles.key, size_bytes=self.roles.size_bytes,
+                       sha256=self.roles.sha256, verified=self.roles.verified, format="sql",
+                       roles=None, row_counts=None)
 
 
 @dataclass(frozen=True)
@@ -108,12 +131,15 @@ class Manifest:
 
     @property
     def size_bytes(self) -> int:
-        return sum(a.size_bytes for a in self.artifacts)
+        return sum(a.size_bytes + (a.roles.size_bytes if a.roles else 0)
+                   for a in self.artifacts)
 
     def check_keys(self, manifest_key: str) -> None:
         """Refuse a manifest that names objects outside its own directory."""
         for artifact in self.artifacts:
             layout.check_artifact_key(manifest_key, artifact.key)
+            if artifact.roles is not None:
+                layout.check_artifact_key(manifest_key, artifact.roles.key)
 
 
 # --- writing -------------------------------------------------------------------------
@@ -151,6 +177,12 @@ def artifact_to_dict(artifact: Artifact) -> dict[str, Any]:
             # Only when counted: a manifest without counts stays as older agents wrote it.
             out["tableCount"] = len(artifact.row_counts)
             out["rowCounts"] = dict(artifact.row_counts)
+        if artifact.roles is not None:
+            # Only when dumped: older agents read the manifests without roles as before.
+            out["roles"] = {"key": artifact.roles.key, "sizeBytes": artifact.roles.size_bytes,
+                            "sha256": artifact.roles.sha256,
+                            "verified": list(artifact.roles.verified),
+                            "passwords": artifact.roles.passwords}
     else:
         out |= {
             "fileCount": artifact.file_count,
@@ -297,20 +329,41 @@ def _row_counts(f: _Fields) -> Mapping[str, int] | None:
     return dict(raw)
 
 
-def _parse_artifact(data: object, index: int) -> Artifact:
-    f = _Fields(data, f"artifacts[{index}]")
-    component = f.req_str("component", COMPONENTS)
-    sha = f.req_str("sha256")
-    if not _SHA256.match(sha):
-        raise ManifestError(f"manifest: {f.path}.sha256 must be 64 lowercase hex digits")
-    encryption = f.req_str("encryption", ENCRYPTIONS)
-    recipients = f.strs("recipients")
-    if encryption == "age" and not recipients:
-        raise ManifestError(f"manifest: {f.path}.recipients is empty for an encrypted artifact")
+def _sha256(f: _Fields, name: str = "sha256") -> str:
+    value = f.req_str(name)
+    if not _SHA256.match(value):
+        raise ManifestError(f"manifest: {f.path}.{name} must be 64 lowercase hex digits")
+    return value
+
+
+def _verified(f: _Fields) -> tuple[str, ...]:
     verified = f.strs("verified")
     for item in verified:
         if item not in VERIFICATIONS:
             raise ManifestError(f"manifest: {f.path}.verified has unknown entry {item!r}")
+    return verified
+
+
+def _roles(f: _Fields) -> Roles | None:
+    raw = f._get("roles", False)
+    if raw is None:
+        return None
+    r = _Fields(raw, f"{f.path}.roles")
+    roles = Roles(key=r.req_str("key"), size_bytes=r.req_int("sizeBytes"), sha256=_sha256(r),
+                  verified=_verified(r), passwords=r.flag("passwords", False))
+    r.done()
+    return roles
+
+
+def _parse_artifact(data: object, index: int) -> Artifact:
+    f = _Fields(data, f"artifacts[{index}]")
+    component = f.req_str("component", COMPONENTS)
+    sha = _sha256(f)
+    encryption = f.req_str("encryption", ENCRYPTIONS)
+    recipients = f.strs("recipients")
+    if encryption == "age" and not recipients:
+        raise ManifestError(f"manifest: {f.path}.recipients is empty for an encrypted artifact")
+    verified = _verified(f)
     common: dict[str, Any] = {
         "component": component,
         "key": f.req_str("key"),
@@ -333,6 +386,7 @@ def _parse_artifact(data: object, index: int) -> Artifact:
             exclude_tables=f.strs("excludeTables"),
             no_owner=f.flag("noOwner", False),
             row_counts=_row_counts(f),
+            roles=_roles(f),
         )
     else:
         artifact = Artifact(
@@ -431,6 +485,8 @@ def summary(manifest: Manifest, manifest_key: str) -> dict[str, Any]:
         }
         if a.component == COMPONENT_DATABASE:
             item["serverVersion"] = a.server_version
+            if a.roles is not None:
+                item["rolesKey"] = a.roles.key
         elif a.component == COMPONENT_UPLOADS:
             item["fileCount"] = a.file_count
             if a.content_bytes is not None:
