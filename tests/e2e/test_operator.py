@@ -10,8 +10,17 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Cluster, create_namespace, delete_namespace, wait_for
-from tests.support.dbsnapshot import APP_ROLE, assert_same
-from tests.support.operator import APP_UID, App, delete_all, drop_app, make_app
+from tests.support.dbsnapshot import APP_ROLE, assert_same, snapshot
+from tests.support.operator import (
+    APP_UID,
+    NEW_SERVER_SECRET,
+    NEW_SERVER_SERVICE,
+    App,
+    delete_all,
+    drop_app,
+    make_app,
+    new_server,
+)
 from tests.support.trees import assert_same_tree
 from timesheet_backup.constants import FINALIZER
 
@@ -92,11 +101,13 @@ def test_backup_wipe_restore_in_place(app: App) -> None:
 
 def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) -> None:
     """Disaster recovery: a namespace that never saw the Backup objects restores "the newest
-    backup of schedule nightly" chosen from the manifests in the bucket alone, into a new
-    database."""
+    backup of schedule nightly" chosen from the manifests in the bucket alone, onto a new
+    PostgreSQL server without the app's roles: the backup's roles come back first
+    (database.globals), then the database, created for the app's role."""
     db_before = app.db_snapshot()
-    app.create("backups", "dr", backup_spec(app, components=["database"]),
-               labels={"backup.northstar.io/schedule": "nightly"})
+    spec = backup_spec(app, components=["database"])
+    spec["database"]["globals"] = True
+    app.create("backups", "dr", spec, labels={"backup.northstar.io/schedule": "nightly"})
     st = app.wait_phase("backups", "dr", ("Succeeded", "Failed"))["status"]
     assert st["phase"] == "Succeeded", st
     # Newer, but of no schedule: the schedule label its manifest records rules it out.
@@ -107,33 +118,43 @@ def test_restore_from_bucket_into_a_fresh_namespace(cluster: Cluster, app: App) 
     other = create_namespace(cluster, "dr-target")
     try:
         fresh = make_app(cluster, other, web=False)
-        target = f"{fresh.database}_restored"
-        fresh.create("restores", "from-bucket", {
-            "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
-                       "latest": {"namespace": app.namespace, "scheduleName": "nightly"}},
-            "database": {**fresh.database_spec(target), "createDatabase": True},
-        })
-        rst = fresh.wait_phase("restores", "from-bucket", ("Succeeded", "Failed"),
-                               timeout=300)["status"]
-        assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
-        assert rst["restoredFrom"]["manifestKey"] == st["manifestKey"]
-        assert rst["restoredFrom"]["completionTime"]  # the manifest's, recorded with the choice
-        assert_same(db_before, fresh.db_snapshot(target))
-        # Roles asked of a backup taken without database.globals: refused when resolved,
-        # before any Job, with a Warning Event.
-        fresh.create("restores", "roles-of-none", {
-            "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
-                       "manifestKey": st["manifestKey"]},
-            "database": {**fresh.database_spec(f"{target}_2"), "createDatabase": True,
-                         "globals": True},
-        })
-        refused = fresh.wait_phase("restores", "roles-of-none", ("Succeeded", "Failed"),
-                                   timeout=60)
-        assert conditions(refused)["Failed"]["reason"] == "RolesMissing", refused["status"]
-        assert "taken without database.globals" in refused["status"]["message"]
-        wait_for(lambda: any(e.type == "Warning" and e.reason == "RolesMissing"
-                             for e in fresh.events("roles-of-none")), 30,
-                 message="no Warning Event RolesMissing")
+        with new_server(cluster, other) as server:
+            target = {"host": f"{NEW_SERVER_SERVICE}.{other}.svc", "user": server.user,
+                      "passwordSecretRef": {"name": NEW_SERVER_SECRET, "key": "password"},
+                      "name": app.database, "createDatabase": True}
+            fresh.create("restores", "from-bucket", {
+                "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
+                           "latest": {"namespace": app.namespace, "scheduleName": "nightly"}},
+                "database": {**target, "owner": APP_ROLE, "globals": True},
+            })
+            rst = fresh.wait_phase("restores", "from-bucket", ("Succeeded", "Failed"),
+                                   timeout=300)["status"]
+            assert rst["phase"] == "Succeeded", json.dumps(rst, indent=1)
+            assert rst["restoredFrom"]["manifestKey"] == st["manifestKey"]
+            assert rst["restoredFrom"]["completionTime"]  # the manifest's, with the choice
+            assert "; roles: " in rst["message"], rst["message"]
+            with server.connection(app.database) as conn:
+                # Tables, rows, owners and grants to the recreated roles: as before.
+                assert_same(db_before, snapshot(conn))
+
+            # Roles asked of a backup taken without database.globals: refused when
+            # resolved, before any Job, with a Warning Event.
+            by_hand = app.get("backups", "by-hand")["status"]["manifestKey"]
+            fresh.create("restores", "roles-of-none", {
+                "source": {"storage": {**fresh.storage(), "bucket": app.bucket},
+                           "manifestKey": by_hand},
+                "database": {**target, "name": f"{app.database}_2", "globals": True},
+            })
+            refused = fresh.wait_phase("restores", "roles-of-none", ("Succeeded", "Failed"),
+                                       timeout=60)
+            assert conditions(refused)["Failed"]["reason"] == "RolesMissing", \
+                refused["status"]
+            assert "taken without database.globals" in refused["status"]["message"]
+            wait_for(lambda: any(e.type == "Warning" and e.reason == "RolesMissing"
+                                 for e in fresh.events("roles-of-none")), 30,
+                     message="no Warning Event RolesMissing")
+            assert cluster.batch.list_namespaced_job(
+                other, label_selector="backup.northstar.io/restore=roles-of-none").items == []
         delete_all(fresh)
         drop_app(fresh)
     finally:
@@ -278,15 +299,24 @@ def test_verification_records_success_and_failure(app: App) -> None:
 
 
 def test_failed_verification_is_recorded(app: App) -> None:
+    """A restore test fails when the restored rows are not those the backup counted: here
+    the manifest says one more timesheet than the dump holds (a dump that lost rows reads
+    the same). (A failing SQL check: test_failed_restore_gives_the_app_its_replicas_back.)"""
     app.create("backups", "seed", backup_spec(app, components=["database"]),
                labels={"backup.northstar.io/schedule": "doubtful"})
-    assert app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]["phase"] == \
-        "Succeeded"
+    seed = app.wait_phase("backups", "seed", ("Succeeded", "Failed"))["status"]
+    assert seed["phase"] == "Succeeded"
+    s3, key = app.s3(), seed["manifestKey"]
+    manifest = json.loads(s3.get_object(Bucket=app.bucket, Key=key)["Body"].read())
+    counts = manifest["artifacts"][0]["rowCounts"]
+    rows = counts["public.timesheets"]
+    counts["public.timesheets"] = rows + 1
+    s3.put_object(Bucket=app.bucket, Key=key, Body=json.dumps(manifest).encode())
     app.create("backupschedules", "doubtful", {
         "schedule": "0 0 1 1 *",
         "template": {"spec": backup_spec(app, components=["database"])},
         "verification": {"schedule": "* * * * *", "database": f"{app.database}_scratch",
-                         "checks": ["SELECT count(*) = 0 FROM timesheets"]},
+                         "checks": ["SELECT count(*) > 0 FROM timesheets"]},
     })
 
     def verified() -> dict[str, Any] | None:
@@ -295,10 +325,13 @@ def test_failed_verification_is_recorded(app: App) -> None:
 
     result = wait_for(verified, 200, interval=2, message="no restore test recorded")
     assert result["result"] == "Failed", result
-    assert "count(*) = 0" in result["message"]
+    assert (f"table public.timesheets has {rows} rows, the backup had {rows + 1}"
+            in result["message"]), result
     wait_for(lambda: any(e.reason == "VerificationFailed" and e.type == "Warning"
                          for e in app.events("doubtful")), 30, message="no Warning Event")
-    # Dropped even though the check failed.
+    record = app.get("backups", "seed")["status"]["verification"]
+    assert record["result"] == "Failed" and not record.get("verifiedTime"), record
+    # Dropped even though the comparison failed.
     assert not app.database_exists(f"{app.database}_scratch")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster, secret_data, wait_for
+from tests.support.cluster import Cluster, wait_for
 from tests.support.dbsnapshot import (
     APP_ROLE,
     READONLY_ROLE,
@@ -27,7 +27,14 @@ from tests.support.dbsnapshot import (
     snapshot,
     user_tables,
 )
-from tests.support.operator import App, run_tool, tool_env
+from tests.support.operator import (
+    NEW_SERVER_SECRET,
+    NEW_SERVER_SERVICE,
+    App,
+    new_server,
+    run_tool,
+    tool_env,
+)
 from tests.support.pgserver import PostgresServer
 
 pytestmark = pytest.mark.e2e
@@ -126,25 +133,10 @@ def count_rows_of(app: App, dbname: str, table: str) -> int:
         return count_rows(conn, table)
 
 
-FRESH_SERVICE = "timesheet-db-new"
-
-
 @pytest.fixture
 def fresh_server(cluster: Cluster, app: App) -> Iterator[PostgresServer]:
-    """A new PostgreSQL server without the app's roles or database, reached from pods as the
-    Service timesheet-db-new, its superuser's password in the Secret pg-new-admin."""
-    server = PostgresServer(host=cluster.host_bind_address)
-    try:
-        server.start()
-        # Pods connect from the pod network; the server listens only where they reach it.
-        server.allow_password_logins("0.0.0.0/0")
-        cluster.expose_host_port(app.namespace, FRESH_SERVICE, 5432, server.port)
-        cluster.core.create_namespaced_secret(app.namespace, {
-            "metadata": {"name": "pg-new-admin"},
-            "data": secret_data({"password": server.password})})
+    with new_server(cluster, app.namespace) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def test_the_plugin_restores_onto_a_fresh_server_with_the_roles(
@@ -164,8 +156,9 @@ def test_the_plugin_restores_onto_a_fresh_server_with_the_roles(
     before = app.db_snapshot()
 
     restored = plugin(app, "restore", "latest", "--schedule", "nightly",
-                      "--into", app.database, "--db-host", f"{FRESH_SERVICE}.{app.namespace}.svc",
-                      "--db-user", fresh_server.user, "--db-secret", "pg-new-admin",
+                      "--into", app.database,
+                      "--db-host", f"{NEW_SERVER_SERVICE}.{app.namespace}.svc",
+                      "--db-user", fresh_server.user, "--db-secret", NEW_SERVER_SECRET,
                       "--owner", APP_ROLE, "--globals", "--wait", "--timeout", "280")
     last = restored.stdout.splitlines()[-1]
     assert " Succeeded" in last and last.endswith(f"(from {name})"), restored.stdout

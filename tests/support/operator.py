@@ -5,6 +5,7 @@ through which pods reach the host's PostgreSQL and S3 server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -25,6 +26,7 @@ from psycopg import sql
 
 from tests.support.cluster import REPO_ROOT, Cluster, describe_namespace, secret_data, wait_for
 from tests.support.dbsnapshot import APP_ROLE, SAMPLE_ROLES, load_sample, load_schema, snapshot
+from tests.support.pgserver import PostgresServer
 from tests.support.trees import make_app_owned, make_uploads_tree, snapshot_tree
 
 GROUP, VERSION = "backup.northstar.io", "v1alpha1"
@@ -286,6 +288,31 @@ def make_app(cluster: Cluster, namespace: str, *, web: bool = True) -> App:
     app.uploads_dir = claim_directory(cluster, namespace, "timesheet-uploads")
     fill_volume(app.uploads_dir, "files", seed=7)
     return app
+
+
+# A new PostgreSQL server as pods reach it (new_server): its Service and its superuser's
+# password Secret.
+NEW_SERVER_SERVICE = "timesheet-db-new"
+NEW_SERVER_SECRET = "pg-new-admin"
+
+
+@contextlib.contextmanager
+def new_server(cluster: Cluster, namespace: str) -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL server, without the app's roles or database (disaster recovery):
+    pods in `namespace` reach it as the Service NEW_SERVER_SERVICE, its superuser's password
+    is in the Secret NEW_SERVER_SECRET (key `password`)."""
+    server = PostgresServer(host=cluster.host_bind_address)
+    try:
+        server.start()
+        # Pods connect from the pod network; the server listens only where they reach it.
+        server.allow_password_logins("0.0.0.0/0")
+        cluster.expose_host_port(namespace, NEW_SERVER_SERVICE, 5432, server.port)
+        cluster.core.create_namespaced_secret(namespace, {
+            "metadata": {"name": NEW_SERVER_SECRET},
+            "data": secret_data({"password": server.password})})
+        yield server
+    finally:
+        server.cleanup()
 
 
 def fill_volume(volume: Path, subdir: str, seed: int) -> None:
