@@ -197,6 +197,60 @@ class AgentBench:
         tgz.unlink()
         return out
 
+    def verify_object(self, key: str, artifact: Path) -> None:
+        """The uploaded object is in the store with the local file's size (not timed)."""
+        head = self.s3.client().head_object(Bucket=self.bucket, Key=key)
+        if int(head["ContentLength"]) != artifact.stat().st_size:
+            raise RuntimeError(f"{key}: {head['ContentLength']} bytes in the store, "
+                               f"{artifact.stat().st_size} written")
+
+    def many_files(self, root: Path) -> dict[str, Any]:
+        """One tree of many small files, three ways to a verified object in the same store:
+        the agent, `tar | zstd -T0` + upload, the guide's `tar -czf` + upload."""
+        size, count = fixtures.tree_bytes(root)
+        out: dict[str, Any] = {"tree": {"path": str(root), "bytes": size, "files": count}}
+        self.log(f"many-file tree {root.name}: {count} files, {size / 2**20:.0f} MiB")
+        # Not timed: one read of every file first, so that no row pays for a cold page
+        # cache the others then find warm; the uncompressed tar size comes with it.
+        warm = shell(f"tar -cf - -C {shlex.quote(str(root))} . | wc -c", env=self.env,
+                     cwd=str(self.work))
+        self.measured("warm-up tar | wc -c (not a row)", warm)
+        out["tree"]["tarBytes"] = int(warm.stdout.strip())
+        rows: dict[str, dict[str, Any]] = {}
+        agent, _ = self.agent_backup("many", "uploads", uploads=root)
+        rows["agent"] = {"command": "timesheet-backup agent backup --component uploads "
+                                    "(PAX tar, zstd level 3, streamed to S3)", **agent}
+        zst = self.work / "many.tar.zst"
+        rows["tar_zstd"] = self.guide(
+            "tar | zstd -T0",
+            f"tar -cf - -C {shlex.quote(str(root))} . | zstd -T0 -3 > "
+            f"{shlex.quote(str(zst))}",
+            zst, "guide/many.tar.zst")
+        self.verify_object("guide/many.tar.zst", zst)
+        zst.unlink()
+        tgz = self.work / "many.tar.gz"
+        rows["guide_tar_gzip"] = self.guide(
+            "tar -czf",
+            f"tar -czf {shlex.quote(str(tgz))} -C {shlex.quote(str(root))} .",
+            tgz, "guide/many.tar.gz")
+        self.verify_object("guide/many.tar.gz", tgz)
+        tgz.unlink()
+        for row in rows.values():
+            parts = [row["local"], row["upload"]] if "local" in row else [row]
+            row["peak_rss_bytes"] = max(p["peak_rss_bytes"] for p in parts)
+            row["files_per_second"] = round(count / row["seconds"], 1)
+        out.update(rows)
+        a = rows["agent"]
+        out["ratios"] = {
+            f"agent_over_{key}": {
+                k: round(a[k] / rows[key][k], 3) if rows[key][k] else None
+                for k in ("seconds", "cpu_seconds", "peak_rss_bytes", "compressedBytes")}
+            for key in ("tar_zstd", "guide_tar_gzip")}
+        self.log(f"  files/s: agent {a['files_per_second']}, tar | zstd "
+                 f"{rows['tar_zstd']['files_per_second']}, tar -czf "
+                 f"{rows['guide_tar_gzip']['files_per_second']}")
+        return out
+
     def memory(self, dbnames: list[str]) -> list[dict[str, Any]]:
         rows = []
         for i, name in enumerate(dbnames):
@@ -207,7 +261,7 @@ class AgentBench:
 
 
 def run_all(db_sizes: list[float], uploads: tuple[int, int, int],
-            log: Callable[[str], None]) -> dict[str, Any]:
+            log: Callable[[str], None], many_files: int = 0) -> dict[str, Any]:
     results: dict[str, Any] = {}
     pg = fixtures.CachedPostgres(fixtures.cache_dir() / "pg")
     s3 = S3Server()
@@ -223,9 +277,15 @@ def run_all(db_sizes: list[float], uploads: tuple[int, int, int],
             names.append(name)
         tree, tree_seconds = fixtures.ensure_uploads(*uploads, log)
         results["generation_seconds"] = {**generated, tree.name: tree_seconds}
+        many: Path | None = None
+        if many_files:
+            many, many_seconds = fixtures.ensure_many_files(many_files, log)
+            results["generation_seconds"][many.name] = many_seconds
         bench = AgentBench(pg, s3, work, log)
         results["database"] = bench.database(names[-1])
         results["uploads"] = bench.uploads(tree)
+        if many is not None:
+            results["many_files"] = bench.many_files(many)
         # The largest database's backup above is the last point of the memory series.
         results["memory"] = bench.memory(names[:-1])
         results["memory"].append({"database": results["database"]["database"],
@@ -236,6 +296,7 @@ def run_all(db_sizes: list[float], uploads: tuple[int, int, int],
             "pg_dump": shell("pg_dump --version", env=bench.env).stdout.strip(),
             "gzip": shell("gzip --version | head -1", env=bench.env).stdout.strip(),
             "tar": shell("tar --version | head -1", env=bench.env).stdout.strip(),
+            "zstd": shell("zstd --version", env=bench.env).stdout.strip(" *\n"),
         }
     finally:
         s3.cleanup()

@@ -3,7 +3,8 @@
 - A PostgreSQL server (tests/support/pgserver.py) whose data directory lives in the cache
   (`BENCH_CACHE`, default /var/tmp/tsb-bench), holding one generated database per size.
   Generating gigabytes takes minutes; a rerun with the same sizes reuses them.
-- An uploads tree per parameter set, in the same cache.
+- An uploads tree per parameter set, and a many-small-files tree per file count, in the
+  same cache.
 - A fresh versitygw S3 server per run (tests/support/s3server.py).
 """
 
@@ -145,6 +146,70 @@ def ensure_uploads(small_files: int, large_files: int, large_mib: int,
             for _ in range(large_mib * 1024 * 1024 // chunk):
                 f.write(os.urandom(chunk))
     building.rename(root)
+    return root, round(time.monotonic() - start, 1)
+
+
+# Bump when ensure_many_files's output changes, so cached trees are rebuilt.
+MANY_FILES_VERSION = 1
+MANY_FILES_PER_DIR = 400
+
+
+def ensure_many_files(count: int, log: Any) -> tuple[Path, float]:
+    """A tree of `count` small files of 1-8 KiB, like a volume of receipts: a third text
+    (`.txt`, words of the database vocabulary), a third random bytes (`.jpg`, compressed
+    already), a third PDF-like (a text quarter, then random bytes), in
+    <account>/<year>/<month>/ directories of 400 files each.
+
+    Cached in BENCH_CACHE as many-<count>; a stamp file beside it, written last, marks a
+    complete tree (no stamp, or another version in it: the tree is rebuilt)."""
+    root = cache_dir() / f"many-{count}"
+    stamp = root.with_name(root.name + ".done")
+    expected = json.dumps({"version": MANY_FILES_VERSION, "count": count})
+    if root.is_dir() and stamp.is_file() and stamp.read_text() == expected:
+        return root, 0.0
+    log(f"generating many-file tree {root.name}")
+    start = time.monotonic()
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(13)  # noqa: S311  (test data, not secrets)
+    # Text comes from an 8 MiB pool of words, sliced at random offsets: generating words per
+    # file costs ~100x more, and a pool this size rarely repeats within zstd's window.
+    pool = " ".join(rng.choices(WORDS, k=8 * 2**20 // 6)).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    dir_fd = -1
+    try:
+        for i in range(count):
+            if i % MANY_FILES_PER_DIR == 0:
+                if dir_fd >= 0:
+                    os.close(dir_fd)
+                d = i // MANY_FILES_PER_DIR
+                directory = root / f"{d // 24:04d}" / str(2023 + d % 24 // 12) / \
+                    f"{d % 12 + 1:02d}"
+                directory.mkdir(parents=True)
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            size = rng.randint(1024, 8 * 1024)
+            kind = i % 3
+            if kind == 0:
+                at = rng.randrange(len(pool) - size)
+                data = pool[at:at + size]
+                name = f"note-{i}.txt"
+            elif kind == 1:
+                data = os.urandom(size)
+                name = f"receipt-{i}.jpg"
+            else:
+                head = size // 4
+                at = rng.randrange(len(pool) - head)
+                data = pool[at:at + head] + os.urandom(size - head)
+                name = f"invoice-{i}.pdf"
+            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    stamp.write_text(expected)
     return root, round(time.monotonic() - start, 1)
 
 

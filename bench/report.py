@@ -59,7 +59,8 @@ def machine(r: dict[str, Any]) -> list[str]:
     versions = (r.get("agent") or {}).get("versions")
     if versions:
         lines.append(f"| tools | PostgreSQL server {versions['postgres_server']}; "
-                     f"{versions['pg_dump']}; {versions['gzip']}; {versions['tar']} |")
+                     f"{versions['pg_dump']}; {versions['gzip']}; {versions['tar']}"
+                     + (f"; {versions['zstd']}" if versions.get("zstd") else "") + " |")
     if r.get("operator", {}).get("kubernetes"):
         lines.append(f"| cluster | local control plane, Kubernetes "
                      f"{r['operator']['kubernetes']} |")
@@ -124,6 +125,8 @@ def agent_tables(a: dict[str, Any]) -> list[str]:
             f"{(ug['upload'].get('servers_cpu') or {}).get('versitygw', 0):.1f} s | "
             f"{mib(ug['compressedBytes'])} | {tree['bytes'] / ug['compressedBytes']:.2f} | "
             f"{ratio(ug['compressedBytes'], ua['compressedBytes'])} |"]
+    if a.get("many_files"):
+        out += many_files_table(a["many_files"])
     out += ["", "### Agent memory across database sizes (database backup)", "",
             "| database | backup time | peak RSS, agent process | peak RSS, agent + pg_dump |",
             "| ---: | ---: | ---: | ---: |"]
@@ -134,6 +137,41 @@ def agent_tables(a: dict[str, Any]) -> list[str]:
     if any(gen.values()):
         out += ["", "Test data generated in this run (0 = reused from the cache): "
                 + ", ".join(f"{k} {v} s" for k, v in gen.items()) + "."]
+    return out
+
+
+def many_files_table(mf: dict[str, Any]) -> list[str]:
+    tree = mf["tree"]
+    agent = mf["agent"]
+    out = ["", f"### Agent: {tree['files']:,} small files ({tree['bytes'] / 2**20:,.0f} MiB "
+               f"of files, {tree['tarBytes'] / 2**20:,.0f} MiB as an uncompressed tar)", "",
+           "| pipeline | time to S3 | of which upload | files / s | client CPU | "
+           "S3 server CPU | peak RSS | compressed | tree / compressed | agent's time / this |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, label in (("agent", "agent (PAX tar → zstd -3, multipart upload, verified)"),
+                       ("tar_zstd", "`tar -cf - \\| zstd -T0 -3 > f` + upload"),
+                       ("guide_tar_gzip", "guide `tar -czf f` + upload")):
+        x = mf[key]
+        parts = [x["local"], x["upload"]] if "local" in x else [x]
+        s3cpu = sum((p.get("servers_cpu") or {}).get("versitygw", 0) for p in parts)
+        out.append(
+            f"| {label} | {sec(x['seconds'])} | "
+            f"{sec(x['upload']['seconds']) if 'upload' in x else '(streamed)'} | "
+            f"{x['files_per_second']:,.0f} | {cpu(*parts)} | {s3cpu:.1f} s | "
+            f"{mib(x['peak_rss_bytes'])} | {mib(x['compressedBytes'])} | "
+            f"{tree['bytes'] / x['compressedBytes']:.2f} | "
+            f"{ratio(agent['seconds'], x['seconds'])} |")
+    r = mf["ratios"]
+
+    def line(key: str, label: str) -> str:
+        q = r[key]
+        return (f"agent / {label}: time {q['seconds']:.2f}x, client CPU "
+                f"{q['cpu_seconds']:.2f}x, peak RSS {q['peak_rss_bytes']:.2f}x, "
+                f"compressed size {q['compressedBytes']:.2f}x")
+
+    out += ["", f"Ratios, {line('agent_over_tar_zstd', '`tar | zstd -T0` + upload')}; "
+                f"{line('agent_over_guide_tar_gzip', 'guide `tar -czf` + upload')} "
+                "(below 1: the agent takes less)."]
     return out
 
 

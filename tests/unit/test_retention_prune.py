@@ -19,6 +19,7 @@ from timesheet_backup.decisions.backups import owns_objects
 from timesheet_backup.decisions.schedules import (
     PRUNE_BATCH,
     RetentionPass,
+    another_pass,
     bucket_groups,
     prune_report,
     prune_targets,
@@ -225,7 +226,8 @@ def test_a_pass_over_thousands_makes_few_requests(monkeypatch: pytest.MonkeyPatc
     assert rec.calls["open_store"] == rec.calls["delete_many_backups"] == 1
     assert len(rec.batches[0]) == 300
     assert rec.calls["patch"] == 300
-    assert rec.calls["delete"] == PRUNE_BATCH and rec.deleted == result.prune
+    # (PRUNE_WORKERS at a time: in any order)
+    assert rec.calls["delete"] == PRUNE_BATCH and sorted(rec.deleted) == sorted(result.prune)
     assert len(rec.events) == 1 and rec.events[0][0] == "Normal"
 
 
@@ -241,10 +243,10 @@ def test_objects_first_then_the_backups_released_and_deleted(
     assert rec.batches == [["p/ns/a/manifest.json", "p/ns/c/manifest.json"],
                            ["p/ns/b/manifest.json"]]
     assert rec.stores == ["writer", "deleter"]  # deleteCredentialsSecretRef when set
-    assert [n for n, _ in rec.patched] == ["a", "b", "c"]
-    assert rec.patched[0][1] == {"annotations": {c.ANNOTATION_OBJECTS_DELETED: "true"},
+    assert sorted(n for n, _ in rec.patched) == ["a", "b", "c"]
+    assert dict(rec.patched)["a"] == {"annotations": {c.ANNOTATION_OBJECTS_DELETED: "true"},
                                  "finalizers": ["other/keep"], "resourceVersion": "7"}
-    assert rec.deleted == ["a", "b", "c", "r"]
+    assert sorted(rec.deleted) == ["a", "b", "c", "r"]
     assert rec.events == [("Normal", result.event)]
 
 
@@ -349,3 +351,27 @@ def test_a_small_batch_refused_key_after_key_is_the_credentials_too() -> None:
     with pytest.raises(StorageError, match="access denied"):
         store.delete_each([{"Key": "k0"}, {"Key": "k1"}])
     assert client.single == ["k0", "k1"]
+
+
+@pytest.mark.parametrize(("deferred", "clean", "elapsed", "again"), [
+    (2000, True, 5.0, True),      # a backlog: the next pass at once
+    (0, True, 5.0, False),        # nothing left
+    (2000, False, 5.0, False),    # a failure or a change: the next tick, not a tight loop
+    (2000, True, 30.0, False),    # the tick spent its share: the next tick goes on
+])
+def test_a_backlog_goes_on_in_the_same_tick(deferred: int, clean: bool, elapsed: float,
+                                            again: bool) -> None:
+    decided = RetentionPass(prune=["a"], deferred=deferred)
+    assert another_pass(decided, clean, elapsed) is again
+
+
+def test_prune_says_whether_every_backup_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+    rec.install(monkeypatch)
+    backups = [backup("a", 3), backup("b", 2), backup("keep", 1)]
+    result = retention_pass("db", backups, [], models.RetentionSpec(keep_last=1), NOW,
+                            ZoneInfo("UTC"), None)
+    assert act.prune(SCHEDULE, result, backups) is True
+    rec = Recorder(refused={"p/ns/b/manifest.json": "AccessDenied"})
+    rec.install(monkeypatch)
+    assert act.prune(SCHEDULE, result, backups) is False

@@ -190,4 +190,4 @@ def test_uploads_carry_storage_class_and_encryption() -> None:
         "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": "key-1",
     }
-    assert uploader.part_size == 16 * 1024 * 1024 and uploader.concurrency == 4
+    assert uploader.part_size == 8 * 1024 * 1024 and uploader.concurrency == 4

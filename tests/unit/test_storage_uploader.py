@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from typing import Any
@@ -93,6 +94,23 @@ def test_parts_hash_and_completion() -> None:
     assert result.expected_composite_sha256.endswith("-3")
 
 
+def test_the_part_size_doubles_every_parts_per_size_parts() -> None:
+    # S3 allows 10,000 parts: a stream larger than its first parts allow gets larger parts
+    # (and only then larger buffers), so an 8 MiB start still reaches 8 TB.
+    data = os.urandom(PART * 9 + 123)
+    fake = FakeS3()
+    result = upload(fake, [data[i:i + 1_000_003] for i in range(0, len(data), 1_000_003)],
+                    parts_per_size=2)
+    sizes = [len(fake.parts[n]) for n in sorted(fake.parts)]
+    assert sizes == [PART, PART, 2 * PART, 2 * PART, 3 * PART + 123]
+    assert fake.body() == data and result.size == len(data)
+    assert result.expected_etag == checksums.multipart_etag(
+        [hashlib.md5(fake.parts[n]).digest() for n in sorted(fake.parts)])
+    uploader = MultipartUploader(FakeS3(), "b", "k", part_size=PART, concurrency=1)  # type: ignore[arg-type]
+    assert [uploader.part_size_of(n) for n in (1, 1000, 1001, 2001, 9999)] == [
+        PART, PART, 2 * PART, 4 * PART, 512 * PART]
+
+
 def test_empty_stream_uploads_one_empty_part() -> None:
     fake = FakeS3()
     result = upload(fake, [])
@@ -174,7 +192,8 @@ def test_create_failure_is_a_storage_error() -> None:
 
 def test_too_many_parts() -> None:
     fake = FakeS3()
-    with MultipartUploader(fake, "b", "k", part_size=PART, concurrency=1) as uploader:  # type: ignore[arg-type]
+    with MultipartUploader(fake, "b", "k", part_size=PART, concurrency=1,  # type: ignore[arg-type]
+                           parts_per_size=20_000) as uploader:
         uploader._next_part = 10_001
         with pytest.raises(StorageError, match="--part-size"):
             uploader.write(b"x" * PART)

@@ -5,6 +5,7 @@ decisions/schedules.py."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from timesheet_backup import constants as c
@@ -30,13 +31,14 @@ def create_backup(body: Mapping[str, Any], spec: models.BackupScheduleSpec,
 
 
 def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
-          backups: Sequence[Mapping[str, Any]]) -> None:
+          backups: Sequence[Mapping[str, Any]]) -> bool:
     """Delete what retention prunes in few requests and say so in one Event: first the
     objects, batched per bucket (so nothing is left orphaned in the bucket), then the
     Backups whose objects went -- each marked as owning nothing and released from the
     finalizer in one PATCH, so no finalizer round (handler run, status writes, Event) per
-    Backup. A Backup whose objects could not be deleted stays, named in the Event and the
-    status, and the next pass tries again."""
+    Backup; PRUNE_WORKERS at a time. A Backup whose objects could not be deleted stays,
+    named in the Event and the status, and the next pass tries again. True when every
+    pruned Backup went."""
     namespace = body["metadata"]["namespace"]
     targets = decide.prune_targets(backups, decided.prune)
     failed: dict[str, str] = {}
@@ -55,9 +57,9 @@ def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
             failed.update((t.name, str(exc)) for t in group)
             continue
         failed.update((by_key[key], why) for key, why in refused.items())
-    for t in targets:
-        if t.name in failed:
-            continue
+
+    def release_and_delete(t: decide.PruneTarget) -> str | None:
+        """The Backup's name when it changed (or went) since the LIST and stays."""
         if t.finalizer:
             # The annotation keeps kopf from adding the finalizer back before the DELETE
             # (decisions/backups.py owns_objects); resourceVersion: only as this pass saw it.
@@ -66,12 +68,17 @@ def prune(body: Mapping[str, Any], decided: decide.RetentionPass,
                                        if f != c.FINALIZER],
                         "resourceVersion": t.resource_version}
             if not kube.patch_custom_metadata(namespace, c.PLURAL_BACKUP, t.name, metadata):
-                changed.append(t.name)  # gone or changed since the LIST: the next pass looks
-                continue
+                return t.name  # gone or changed since the LIST: the next pass looks
         kube.delete_custom(namespace, c.PLURAL_BACKUP, t.name)
+        return None
+
+    with ThreadPoolExecutor(decide.PRUNE_WORKERS, thread_name_prefix="prune") as pool:
+        outcomes = pool.map(release_and_delete, [t for t in targets if t.name not in failed])
+        changed += [name for name in outcomes if name is not None]
     report = decide.prune_report(decided, failed, changed)
     if report:
         post_event(body, report[0], reason="Pruned", message=report[1])
+    return not failed and not changed
 
 
 def _finalizers(backups: Sequence[Mapping[str, Any]], name: str) -> list[str]:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from timesheet_backup.agent import termination, tlsfiles
+from timesheet_backup.agent import memory, termination, tlsfiles
 from timesheet_backup.agent.pgtools import Connection, DumpOptions
 from timesheet_backup.agent.redact import RedactingFilter, Redactor, secrets_from_env
 from timesheet_backup.api.enums import (
@@ -33,7 +33,7 @@ from timesheet_backup.api.enums import (
     SSL_MODES,
     UPLOADS_MODES,
 )
-from timesheet_backup.constants import AGE_IDENTITY_ENV, COMPONENTS
+from timesheet_backup.constants import AGE_IDENTITY_ENV, COMPONENTS, DEFAULT_PART_SIZE
 from timesheet_backup.errors import AgentError, ConfigError, Interrupted
 
 if TYPE_CHECKING:  # imported where used: the operator loads this parser, not the agent's deps
@@ -90,7 +90,7 @@ def connection_from_args(
 
 
 def s3_settings_from_args(args: argparse.Namespace) -> Any:
-    from timesheet_backup.storage.s3 import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, S3Settings
+    from timesheet_backup.storage.s3 import DEFAULT_CONCURRENCY, S3Settings
 
     return S3Settings(
         bucket=args.bucket,
@@ -165,9 +165,9 @@ def _add_s3(parser: argparse.ArgumentParser, *, writes: bool) -> None:
         group.add_argument(
             "--part-size",
             type=parse_size,
-            default="16MiB",
-            help="multipart part size, 5MiB..5GiB (default %(default)s); memory used is about "
-            "part size x (concurrency + 1)",
+            default=DEFAULT_PART_SIZE,
+            help="size of the first multipart parts, 5MiB..5GiB (default 8MiB), doubled "
+            "every 1,000 parts; memory used is about part size x (concurrency + 1)",
         )
         group.add_argument(
             "--concurrency",
@@ -460,6 +460,7 @@ def _execute(args: argparse.Namespace, action: Callable[[], dict[str, Any] | Non
     path = args.termination_message_path
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    memory.return_large_buffers()
     try:
         # Before anything connects: libpq wants the client key as a 0600 file of our own.
         tlsfiles.prepare_client_key(os.environ, getattr(args, "work_dir", None))

@@ -227,6 +227,21 @@ READ_BY_RESTORE = "read by a running Restore"
 # manifests fit in one DeleteObjects request, and a 5,000 backlog goes in five ticks (the
 # tick, TICK_SECONDS, then bounds the rate: the lead's benchmark tells whether to raise it).
 PRUNE_BATCH = 1000
+# Backups one pass releases and deletes at a time: the API server admits a few requests of a
+# client at once (priority and fairness), and one after the other most of a pass was waiting
+# on round trips (about 7 ms each on the benchmark's node).
+PRUNE_WORKERS = 4
+# How long a tick goes on with the next pass while a backlog remains (instead of leaving it
+# to the next tick, TICK_SECONDS later): long enough for a 5,000 backlog on the benchmark's
+# node, short enough that one schedule does not hold its worker for long.
+BACKLOG_SECONDS = 30.0
+
+
+def another_pass(decided: RetentionPass, clean: bool, elapsed: float) -> bool:
+    """Whether the tick goes on pruning: a backlog remains (`deferred`), the last pass
+    deleted everything it chose (a failure or a change waits for the next tick, not for a
+    tight loop), and the tick has not spent BACKLOG_SECONDS on it."""
+    return decided.deferred > 0 and clean and elapsed < BACKLOG_SECONDS
 
 
 def locked_until(backup: Mapping[str, Any]) -> datetime | None:

@@ -3,6 +3,7 @@ glue: the choices are in decisions/schedules.py, the cluster calls in actions/sc
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -60,10 +61,16 @@ def reconcile_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     # running Restore reads, and the schedule's own restore tests are among them.
     restores = (kube.list_custom(namespace, c.PLURAL_RESTORE)
                 if spec.retention or spec.verification else [])
-    decided = decide.retention_pass(meta["name"], backups, restores, spec.retention, clock,
-                                    cron.zone(spec.time_zone),
-                                    parse_time(fields.next_schedule_time))
-    act.prune(body, decided, backups)
+    started = time.monotonic()
+    while True:
+        decided = decide.retention_pass(meta["name"], backups, restores, spec.retention,
+                                        clock, cron.zone(spec.time_zone),
+                                        parse_time(fields.next_schedule_time))
+        clean = act.prune(body, decided, backups)
+        if not decide.another_pass(decided, clean, time.monotonic() - started):
+            break
+        gone = set(decided.prune)  # every one of them went (clean)
+        backups = [b for b in backups if b["metadata"]["name"] not in gone]
     fields.retention = act.retention_status(decided)
 
     if spec.verification:

@@ -35,6 +35,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import InsecureRequestWarning
 
+from timesheet_backup import constants
 from timesheet_backup.api.enums import OBJECT_LOCK_MODES, SSE_TYPES
 from timesheet_backup.errors import ConfigError, IntegrityError, StorageError
 from timesheet_backup.storage import checksums, s3errors
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_MODES: Final = ("standard", "adaptive", "legacy")
-DEFAULT_PART_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_PART_SIZE: Final = constants.DEFAULT_PART_SIZE
 DEFAULT_CONCURRENCY: Final = 4
 READ_CHUNK: Final = 1024 * 1024
 # Download interruptions we resume with a Range request instead of failing the restore.

@@ -3,6 +3,9 @@
 Memory is bounded: one part being filled plus at most `concurrency` parts in flight, so about
 `part_size * (concurrency + 1)` bytes whatever the size of the stream. `write` blocks while
 all upload slots are busy, which back-pressures the producer (pg_dump waits on its pipe).
+The part size doubles after every `parts_per_size` parts (1,000): S3 allows 10,000 parts, so
+a first size of 8 MiB reaches 8 TB (past S3's 5 TiB object limit) while objects under 8 GiB,
+nearly all backups here, keep 8 MiB buffers; a larger object's memory grows with its parts.
 
 Any failure aborts the multipart upload (`__exit__`), immediately and once more after the
 parts in flight settled, so no orphan parts are left behind; botocore retries the abort like
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 MIN_PART_SIZE: Final = 5 * 1024 * 1024
 MAX_PART_SIZE: Final = 5 * 1024 * 1024 * 1024
 MAX_PARTS: Final = 10_000
+PARTS_PER_SIZE: Final = 1000
 # Codes with which stores that lack flexible checksums refuse ChecksumAlgorithm.
 _CHECKSUM_UNSUPPORTED: Final = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest"})
 
@@ -80,6 +84,7 @@ class MultipartUploader:
         checksums: bool = True,
         abort_wait: float = 20.0,
         describe_error: Callable[[BaseException, str, str], StorageError] | None = None,
+        parts_per_size: int = PARTS_PER_SIZE,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
@@ -88,7 +93,8 @@ class MultipartUploader:
         self.client = client
         self.bucket = bucket
         self.key = key
-        self.part_size = part_size
+        self.part_size = part_size  # of the first parts: see part_size_of
+        self.parts_per_size = parts_per_size
         self.concurrency = concurrency
         self.create_args = dict(create_args or {})
         self.checksums = checksums
@@ -202,13 +208,20 @@ class MultipartUploader:
         self._sha256.update(view)
         self.size += n
         while view:
-            room = self.part_size - len(self._buffer)
+            size = self.part_size_of(self._next_part)
+            room = size - len(self._buffer)
             self._buffer += view[:room]
             view = view[room:]
-            if len(self._buffer) >= self.part_size:
+            if len(self._buffer) >= size:
                 self._submit(self._buffer)
                 self._buffer = bytearray()
         return n
+
+    def part_size_of(self, number: int) -> int:
+        """The size of part `number` (from 1): the first size, doubled after every
+        `parts_per_size` parts, at most S3's 5 GiB."""
+        doublings = min((number - 1) // self.parts_per_size, 16)
+        return min(self.part_size << doublings, MAX_PART_SIZE)
 
     def flush(self) -> None:
         """Nothing to do: parts are sent when full, the last one by `finish`."""
@@ -221,8 +234,9 @@ class MultipartUploader:
         number = self._next_part
         if number > MAX_PARTS:
             raise StorageError(
-                f"s3://{self.bucket}/{self.key} needs more than {MAX_PARTS} parts of "
-                f"{self.part_size} bytes: raise --part-size"
+                f"s3://{self.bucket}/{self.key} needs more than {MAX_PARTS} parts (the "
+                f"first {self.parts_per_size} of {self.part_size} bytes, doubling): raise "
+                "--part-size"
             )
         self._next_part += 1
         self._slots.acquire()
