@@ -181,13 +181,20 @@ class AgentBench:
         dump.unlink()
         return out
 
-    def uploads(self, root: Path) -> dict[str, Any]:
+    def tree(self, root: Path, what: str) -> tuple[dict[str, Any], int]:
+        """The tree's facts for the results (and its file count), logged."""
         size, count = fixtures.tree_bytes(root)
-        out: dict[str, Any] = {"tree": {"path": str(root), "bytes": size, "files": count}}
-        self.log(f"uploads tree {root.name}: {count} files, {size / 2**30:.2f} GiB")
-        agent, _ = self.agent_backup("uploads", "uploads", uploads=root)
-        out["agent"] = {"command": "timesheet-backup agent backup --component uploads "
-                                   "(PAX tar, zstd level 3, streamed to S3)", **agent}
+        self.log(f"{what} {root.name}: {count} files, {size / 2**20:,.0f} MiB")
+        return {"path": str(root), "bytes": size, "files": count}, count
+
+    def agent_uploads(self, name: str, root: Path) -> dict[str, Any]:
+        agent, _ = self.agent_backup(name, "uploads", uploads=root)
+        return {"command": "timesheet-backup agent backup --component uploads "
+                           "(PAX tar, zstd level 3, streamed to S3)", **agent}
+
+    def uploads(self, root: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {"tree": self.tree(root, "uploads tree")[0]}
+        out["agent"] = self.agent_uploads("uploads", root)
         tgz = self.work / "uploads.tar.gz"
         out["guide_tar_gzip"] = self.guide(
             "tar -czf",
@@ -207,9 +214,8 @@ class AgentBench:
     def many_files(self, root: Path) -> dict[str, Any]:
         """One tree of many small files, three ways to a verified object in the same store:
         the agent, `tar | zstd -T0` + upload, the guide's `tar -czf` + upload."""
-        size, count = fixtures.tree_bytes(root)
-        out: dict[str, Any] = {"tree": {"path": str(root), "bytes": size, "files": count}}
-        self.log(f"many-file tree {root.name}: {count} files, {size / 2**20:.0f} MiB")
+        tree, count = self.tree(root, "many-file tree")
+        out: dict[str, Any] = {"tree": tree}
         # Not timed: one read of every file first, so that no row pays for a cold page
         # cache the others then find warm; the uncompressed tar size comes with it.
         warm = shell(f"tar -cf - -C {shlex.quote(str(root))} . | wc -c", env=self.env,
@@ -217,9 +223,7 @@ class AgentBench:
         self.measured("warm-up tar | wc -c (not a row)", warm)
         out["tree"]["tarBytes"] = int(warm.stdout.strip())
         rows: dict[str, dict[str, Any]] = {}
-        agent, _ = self.agent_backup("many", "uploads", uploads=root)
-        rows["agent"] = {"command": "timesheet-backup agent backup --component uploads "
-                                    "(PAX tar, zstd level 3, streamed to S3)", **agent}
+        rows["agent"] = self.agent_uploads("many", root)
         zst = self.work / "many.tar.zst"
         rows["tar_zstd"] = self.guide(
             "tar | zstd -T0",
