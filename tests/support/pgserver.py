@@ -255,13 +255,16 @@ class PostgresServer:
             conf["ssl_ca_file"] = "root.crt"
         return conf
 
+    def _reload_hba(self) -> None:
+        self._run("pg_ctl", "reload", "-D", str(self.data_dir))
+        time.sleep(0.5)  # the postmaster rereads pg_hba on SIGHUP, asynchronously
+
     def allow_password_logins(self, cidr: str) -> None:
         """Let every role in from `cidr` with its password (scram-sha-256), and reload: for
         a server that pods reach (their addresses are the pod network's)."""
         with (self.data_dir / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {cidr} scram-sha-256\n")
-        self._run("pg_ctl", "reload", "-D", str(self.data_dir))
-        time.sleep(0.5)  # the postmaster rereads pg_hba on SIGHUP, asynchronously
+        self._reload_hba()
 
     def allow_cert_auth(self, role: str, dbname: str = "all") -> None:
         """Let `role` in over TLS with a client certificate only (its CN must be the role),
@@ -270,8 +273,7 @@ class PostgresServer:
         # Any address: pods reach a test server from their own; the certificate decides.
         line = f"hostssl {dbname} {role} all cert\n"
         hba.write_text(line + hba.read_text())
-        self._run("pg_ctl", "reload", "-D", str(self.data_dir))
-        time.sleep(0.5)  # the postmaster rereads pg_hba on SIGHUP, asynchronously
+        self._reload_hba()
 
     def start(self, timeout: float = 60) -> PostgresServer:
         """Start the server (initialising it first if needed) and wait until it accepts logins."""
